@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir.
   c.data.num_channels = 3  # Image channels G makes and E and F read (1 for grayscale).
   c.data.augment = 'inception_crop'  # 'inception_crop' (ResNet-style) or 'resize' (none).
+  c.data.random_flip = True  # Random horizontal flip of training images.
   c.data.shuffle_buffer = 16_384  # Examples in the tf.data shuffle buffer per process.
   c.data.prefetch = 2  # Batches prefetched to the devices.
   c.data.tf_threads = 8  # Bound on tf.data's private thread pool per process.
