@@ -1,0 +1,255 @@
+"""tf.data input pipelines: seeded, resumable training batches and padded eval batches.
+
+The only module of the project that imports TensorFlow, which it keeps off the GPU.
+Every process reads its own even slice of a split. Training order and augmentation
+depend only on `config.seed`, the epoch and an example's position in the epoch, so
+a pipeline restarted at step k yields what the k-th element of a fresh one would.
+"""
+
+import functools
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bigbigan_jax.datasets import fashion_mnist_local
+
+tf.config.set_visible_devices([], 'GPU')
+
+Batch = dict[str, np.ndarray]
+
+FOLDER_PREFIX = 'folder:'
+IMAGENET = 'imagenet2012'
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+AUGMENTATIONS = ('inception_crop', 'resize')
+_CROP_AREA = (0.08, 1.0)
+_CROP_ASPECT = (3 / 4, 4 / 3)
+_CROP_MIN_COVERED = 0.1
+_CROP_ATTEMPTS = 10
+_FALLBACK_CROP = 224 / 256
+_NO_END = np.iinfo(np.int64).max
+
+
+def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The dataset's builder, prepared unless it is ImageNet or an image folder."""
+  name, data_dir = config.data.dataset, config.data.data_dir
+  if name.startswith(FOLDER_PREFIX):
+    return tfds.ImageFolder(name[len(FOLDER_PREFIX):])
+  if name == fashion_mnist_local.FashionMnistLocal.name:
+    builder = fashion_mnist_local.FashionMnistLocal(data_dir=data_dir)
+  else:
+    builder = tfds.builder(name, data_dir=data_dir)
+  if name != IMAGENET:
+    builder.download_and_prepare()
+  return builder
+
+
+def _imagenet_missing(builder: tfds.core.DatasetBuilder) -> FileNotFoundError:
+  root = builder.data_dir_root
+  return FileNotFoundError(
+      f'ImageNet ({IMAGENET}) is not prepared under {root}: put {IMAGENET_TARS[0]} '
+      f'and {IMAGENET_TARS[1]} in {root / "downloads" / "manual"} and run '
+      f'`tfds build {IMAGENET} --data_dir={root}`.')
+
+
+def _read(builder: tfds.core.DatasetBuilder, split: str, process_index: int,
+          process_count: int, num_examples: int = 0) -> tf.data.Dataset:
+  """The process's even slice of the first `num_examples` (0: all) of `split`.
+
+  Elements keep their image encoded and come in a fixed order.
+  """
+  decoders = {'image': tfds.decode.SkipDecoding()}
+  if isinstance(builder, tfds.ImageFolder):  # No sub-split support.
+    ds = builder.as_dataset(split=split, decoders=decoders)
+    ds = ds.take(num_examples) if num_examples else ds
+    return ds.shard(process_count, process_index)
+  if num_examples:
+    split = f'{split}[:{num_examples}]'
+  split = tfds.split_for_jax_process(
+      split, process_index=process_index, process_count=process_count)
+  try:
+    return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+  except AssertionError:  # What TFDS raises for data never prepared.
+    if builder.name != IMAGENET:
+      raise
+    raise _imagenet_missing(builder) from None
+
+
+def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  return process_index, process_count
+
+
+def _per_process(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(
+        f'Batch size {batch_size} is not divisible by the process count {process_count}.')
+  return batch_size // process_count
+
+
+def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = config.data.tf_threads
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
+  """Examples in `split` of the configured dataset, over all processes."""
+  return int(_read(_builder(config), split, 0, 1).cardinality())
+
+
+def _decode(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+  image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+  image.set_shape([None, None, channels])
+  return image
+
+
+def _centre_crop(image: tf.Tensor, fraction: float) -> tf.Tensor:
+  """The central square of side `fraction` times the short side."""
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  side = tf.cast(fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+  return tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2,
+                                       side, side)
+
+
+def _inception_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """ResNet's random crop; a centre crop where no sampled box fits."""
+  shape = tf.shape(image)
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape,
+      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+      seed=seed,
+      min_object_covered=_CROP_MIN_COVERED,
+      aspect_ratio_range=_CROP_ASPECT,
+      area_range=_CROP_AREA,
+      max_attempts=_CROP_ATTEMPTS,
+      use_image_if_no_bounding_boxes=True)
+  failed = tf.reduce_all(tf.equal(size[:2], shape[:2]))
+  return tf.cond(failed, lambda: _centre_crop(image, _FALLBACK_CROP),
+                 lambda: tf.image.crop_to_bounding_box(image, begin[0], begin[1], size[0], size[1]))
+
+
+def _to_e_view(image: tf.Tensor, resolution: int) -> tf.Tensor:
+  """Resizes uint8 pixels to E's square resolution, scaled to [-1, 1]."""
+  image = tf.image.resize(image, [resolution, resolution], method='bicubic', antialias=True)
+  return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+
+
+def _train_image(example: dict[str, tf.Tensor], config: ml_collections.ConfigDict) -> tf.Tensor:
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example['seed'], 2))
+  image = _decode(example['image'], config.data.num_channels)
+  if config.data.augment == 'inception_crop':
+    image = _inception_crop(image, crop_seed)
+  image = _to_e_view(image, config.encoder.resolution)
+  if config.data.random_flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return image
+
+
+def _eval_example(example: dict[str, tf.Tensor],
+                  config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+  image = _centre_crop(_decode(example['image'], config.data.num_channels), 1.0)
+  return {
+      'image_e': _to_e_view(image, config.encoder.resolution),
+      'label': tf.cast(example['label'], tf.int32),
+      'mask': tf.constant(1.0),
+  }
+
+
+def _d_view(images: tf.Tensor, resolution: int) -> tf.Tensor:
+  """D's view of a batch of E views: 2x2 average-pooled when E's is twice D's."""
+  e_resolution = images.shape[1]
+  if e_resolution == resolution:
+    return images
+  if e_resolution == 2 * resolution:
+    return tf.nn.avg_pool2d(images, ksize=2, strides=2, padding='VALID')
+  return tf.image.resize(images, [resolution, resolution], method='bilinear', antialias=True)
+
+
+def _epoch(base: tf.data.Dataset, seed: int, buffer: int, epoch: tf.Tensor) -> tf.data.Dataset:
+  """One pass over `base` shuffled by (seed, epoch); each example gets its own seed."""
+  epoch_seed = tf.random.stateless_uniform(
+      [], seed=tf.stack([tf.constant(seed, tf.int64), epoch]), minval=None, maxval=None,
+      dtype=tf.int64)
+  ds = base.shuffle(buffer, seed=epoch_seed).enumerate()
+  return ds.map(lambda index, ex: {'image': ex['image'], 'seed': tf.stack([epoch_seed, index])})
+
+
+def _train_batch(images: tf.Tensor, config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+  """Splits a batch of E views into d_steps + 1 update batches, with D's views."""
+  updates = config.optim.d_steps + 1
+  views = {'image_e': images, 'image_d': _d_view(images, config.model.resolution)}
+  return {k: tf.reshape(v, [updates, -1, *v.shape[1:]]) for k, v in views.items()}
+
+
+def train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
+                   process_index: int | None = None,
+                   process_count: int | None = None) -> Iterator[Batch]:
+  """Endless per-process training elements, one per train-step call.
+
+  Each holds `image_e` [d_steps + 1, batch, E_res, E_res, C] and `image_d` (same at
+  D's resolution), float32 in [-1, 1]; `start_step` resumes a run.
+  """
+  if config.data.augment not in AUGMENTATIONS:
+    raise ValueError(f'data.augment is {config.data.augment!r}, not one of {AUGMENTATIONS}.')
+  process_index, process_count = _processes(process_index, process_count)
+  per_step = (config.optim.d_steps + 1) * _per_process(config.batch_size, process_count)
+  base = _read(_builder(config), config.data.train_split, process_index, process_count)
+  epoch_size = int(base.cardinality())
+  if epoch_size < 1:
+    raise ValueError(f'Process {process_index} got no training examples, or an unknown number.')
+  start_epoch, skip = divmod(start_step * per_step, epoch_size)
+  ds = tf.data.Dataset.range(start_epoch, _NO_END).flat_map(
+      functools.partial(_epoch, base, config.seed, config.data.shuffle_buffer))
+  ds = ds.skip(skip).map(functools.partial(_train_image, config=config),
+                         num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(per_step, drop_remainder=True)
+  ds = ds.map(functools.partial(_train_batch, config=config))
+  ds = ds.prefetch(config.data.prefetch).with_options(_options(config))
+  return ds.as_numpy_iterator()
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _padding(config: ml_collections.ConfigDict) -> tf.data.Dataset:
+  """Endless masked-out examples that fill the last eval batch."""
+  resolution, channels = config.encoder.resolution, config.data.num_channels
+  return tf.data.Dataset.from_tensors({
+      'image_e': tf.zeros([resolution, resolution, channels]),
+      'label': tf.constant(0),
+      'mask': tf.constant(0.0),
+  }).repeat()
+
+
+def eval_iterator(config: ml_collections.ConfigDict, split: str, batch_size: int, *,
+                  num_examples: int = 0, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[Batch]:
+  """One pass over this process's slice of the first `num_examples` (0: all) of `split`.
+
+  `batch_size` is global. Batches hold `image_e`, `image_d` (centre square, no
+  augmentation), `label` int32 and `mask` float32 (0 marks padding); every process
+  yields the same number of batches.
+  """
+  process_index, process_count = _processes(process_index, process_count)
+  per_process = _per_process(batch_size, process_count)
+  builder = _builder(config)
+  ds = _read(builder, split, process_index, process_count, num_examples)
+  total = int(_read(builder, split, 0, 1, num_examples).cardinality())
+  num_batches = _ceil_div(_ceil_div(total, process_count), per_process)
+  ds = ds.map(functools.partial(_eval_example, config=config),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.concatenate(_padding(config)).take(num_batches * per_process).batch(per_process)
+  ds = ds.map(lambda b: {**b, 'image_d': _d_view(b['image_e'], config.model.resolution)})
+  ds = ds.prefetch(config.data.prefetch).with_options(_options(config))
+  return ds.as_numpy_iterator()

@@ -1,0 +1,191 @@
+"""Input pipeline: shapes, ranges, per-process slices, seeded order, resume, errors."""
+
+import gzip
+import itertools
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from bigbigan_jax import default_config
+from bigbigan_jax import input_pipeline
+from bigbigan_jax.datasets import fashion_mnist_local
+
+MOCK_EXAMPLES = 12
+TRAIN_EXAMPLES = 20
+TEST_EXAMPLES = 7
+GRAY_STEP = 10  # Example i is a uniform image of gray level GRAY_STEP * i.
+
+
+def _config(dataset, **overrides):
+  c = default_config.tiny_config(**overrides)
+  c.data.dataset = dataset
+  return c
+
+
+def _take(iterator, n):
+  return list(itertools.islice(iterator, n))
+
+
+def _ids(images):
+  """Recovers the example index of uniform gray images in [-1, 1]."""
+  levels = (images.reshape(len(images), -1).mean(axis=1) + 1) * 127.5
+  return np.round(levels / GRAY_STEP).astype(int).tolist()
+
+
+@pytest.fixture
+def mock_imagenet():
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    yield
+
+
+def _write_idx(path, array):
+  header = np.array([0x0800 | array.ndim, *array.shape], '>u4').tobytes()
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope='module')
+def tiny_fashion(tmp_path_factory):
+  """The data_dir of a fashion_mnist_local made of small uniform images."""
+  source = tmp_path_factory.mktemp('idx')
+  for split, n in (('train', TRAIN_EXAMPLES), ('t10k', TEST_EXAMPLES)):
+    images = np.repeat(GRAY_STEP * np.arange(n), 28 * 28).reshape(n, 28, 28)
+    _write_idx(source / f'{split}-images-idx3-ubyte.gz', images)
+    _write_idx(source / f'{split}-labels-idx1-ubyte.gz', np.arange(n) % 10)
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(fashion_mnist_local.DIR_ENV_VAR, str(source))
+    fashion_mnist_local.FashionMnistLocal(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def _fashion_config(data_dir, **overrides):
+  c = _config('fashion_mnist_local', **overrides)
+  c.data.data_dir = data_dir
+  return c
+
+
+@pytest.mark.parametrize('augment,channels,e_res,d_res', [
+    ('inception_crop', 3, 32, 32),
+    ('resize', 1, 32, 16),
+    ('inception_crop', 3, 32, 24),
+])
+def test_train_shapes_and_range(mock_imagenet, augment, channels, e_res, d_res):
+  c = _config('imagenet2012', data__augment=augment, data__num_channels=channels,
+              encoder__resolution=e_res, model__resolution=d_res, optim__d_steps=2)
+  for batch in _take(input_pipeline.train_iterator(c), 2):
+    assert batch['image_e'].shape == (3, 8, e_res, e_res, channels)
+    assert batch['image_d'].shape == (3, 8, d_res, d_res, channels)
+    for images in batch.values():
+      assert images.dtype == np.float32
+      assert -1 <= images.min() < images.max() <= 1
+
+
+def test_d_view_is_pooled_e_view(mock_imagenet):
+  c = _config('imagenet2012', encoder__resolution=32, model__resolution=16)
+  batch = next(input_pipeline.train_iterator(c))
+  e = batch['image_e']
+  pooled = e.reshape(*e.shape[:2], 16, 2, 16, 2, 3).mean(axis=(3, 5))
+  np.testing.assert_allclose(batch['image_d'], pooled, atol=1e-6)
+
+
+def test_d_view_equals_e_view_at_same_resolution(mock_imagenet):
+  batch = next(input_pipeline.train_iterator(_config('imagenet2012')))
+  np.testing.assert_array_equal(batch['image_d'], batch['image_e'])
+
+
+def test_same_seed_same_batches_other_seed_other_batches(mock_imagenet):
+  first = _take(input_pipeline.train_iterator(_config('imagenet2012')), 3)
+  again = _take(input_pipeline.train_iterator(_config('imagenet2012')), 3)
+  other = _take(input_pipeline.train_iterator(_config('imagenet2012', seed=1)), 3)
+  for a, b, o in zip(first, again, other):
+    np.testing.assert_array_equal(a['image_e'], b['image_e'])
+    assert not np.array_equal(a['image_e'], o['image_e'])
+
+
+@pytest.mark.parametrize('start_step', [1, 4])
+def test_resume_equals_skipping(mock_imagenet, start_step):
+  c = _config('imagenet2012')  # 16 examples a step, 12 an epoch.
+  fresh = _take(input_pipeline.train_iterator(c), start_step + 2)[start_step:]
+  resumed = _take(input_pipeline.train_iterator(c, start_step=start_step), 2)
+  for a, b in zip(fresh, resumed):
+    for key in ('image_e', 'image_d'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_inception_crop_falls_back_to_centre_crop():
+  # No box of aspect ratio in [3/4, 4/3] covers 8% of a 3x300 image.
+  crop = input_pipeline._inception_crop(np.zeros([3, 300, 1], np.uint8), np.array([0, 1]))
+  assert crop.shape == (2, 2, 1)
+
+
+def test_train_epochs_are_reshuffled_process_slices(tiny_fashion):
+  c = _fashion_config(tiny_fashion, batch_size=10, optim__d_steps=0)  # 5 a process a step.
+  seen = []
+  for index in range(2):
+    batches = _take(input_pipeline.train_iterator(c, process_index=index, process_count=2), 4)
+    ids = [_ids(b['image_e'][0]) for b in batches]
+    epoch_0, epoch_1 = sum(ids[:2], []), sum(ids[2:], [])
+    assert sorted(epoch_0) == sorted(epoch_1)
+    assert epoch_0 != epoch_1
+    seen.append(set(epoch_0))
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(range(TRAIN_EXAMPLES))
+
+
+def test_eval_processes_get_disjoint_padded_slices(tiny_fashion):
+  c = _fashion_config(tiny_fashion)
+  slices = []
+  for index in range(2):
+    batches = list(input_pipeline.eval_iterator(c, 'test', 4, process_index=index, process_count=2))
+    assert len(batches) == 2  # 4 and 3 examples, 2 a batch.
+    ids, labels = [], []
+    for batch in batches:
+      assert batch['image_e'].shape == (2, 32, 32, 3)
+      assert batch['label'].dtype == np.int32 and batch['mask'].dtype == np.float32
+      real = batch['mask'] == 1
+      ids += [i for i, r in zip(_ids(batch['image_e']), real) if r]
+      labels += batch['label'][real].tolist()
+    assert labels == [i % 10 for i in ids]
+    slices.append(ids)
+  assert not set(slices[0]) & set(slices[1])
+  assert sorted(slices[0] + slices[1]) == list(range(TEST_EXAMPLES))
+
+
+def test_eval_num_examples_and_helper(tiny_fashion):
+  c = _fashion_config(tiny_fashion)
+  assert input_pipeline.num_examples(c, 'train') == TRAIN_EXAMPLES
+  batches = list(input_pipeline.eval_iterator(c, 'test', 4, num_examples=5))
+  assert [b['mask'].sum() for b in batches] == [4, 1]
+
+
+def test_image_folder(tmp_path):
+  for label, level in (('a', 0), ('b', 250)):
+    (tmp_path / 'train' / label).mkdir(parents=True)
+    for i in range(3):
+      Image.new('RGB', (40 + i, 30), (level,) * 3).save(tmp_path / 'train' / label / f'{i}.jpg')
+  c = _config(f'folder:{tmp_path}', batch_size=4, data__num_channels=1)
+  batch = next(input_pipeline.train_iterator(c))
+  assert batch['image_e'].shape == (2, 4, 32, 32, 1)
+  halves = [list(input_pipeline.eval_iterator(c, 'train', 4, process_index=i, process_count=2))
+            for i in range(2)]
+  assert [len(h) for h in halves] == [2, 2]
+  assert sum(b['mask'].sum() for h in halves for b in h) == 6
+
+
+def test_imagenet_not_prepared_error(tmp_path):
+  c = _config('imagenet2012')
+  c.data.data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError) as error:
+    input_pipeline.train_iterator(c)
+  message = str(error.value)
+  assert str(tmp_path / 'downloads' / 'manual') in message
+  assert 'ILSVRC2012_img_train.tar' in message and 'ILSVRC2012_img_val.tar' in message
+  assert '\n' not in message and message.count('. ') == 0
+
+
+def test_batch_not_divisible_by_processes():
+  with pytest.raises(ValueError, match='not divisible by the process count 3'):
+    input_pipeline.train_iterator(_config('imagenet2012'), process_count=3)
