@@ -23,6 +23,7 @@ setuptools.setup(
         'tensorflow-cpu>=2.21',
         'tensorboard>=2.21',
         'tensorflow-datasets>=4.9.9',
+        'importlib_resources',  # TFDS imports it when preparing data but does not list it.
     ],
     extras_require={'test': ['pytest>=8', 'pytest-xdist']},
 )

@@ -122,10 +122,10 @@ class ConditionalBatchNorm(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cond, *, train: bool):
+  def __call__(self, x, cond, *, train: bool, update_sn: bool):
     c = x.shape[-1]
-    gain = 1.0 + SNDense(c, use_bias=False, sn_eps=self.sn_eps, dtype=jnp.float32, name='gain')(cond, train)
-    bias = SNDense(c, use_bias=False, sn_eps=self.sn_eps, dtype=jnp.float32, name='bias')(cond, train)
+    gain = 1.0 + SNDense(c, use_bias=False, sn_eps=self.sn_eps, dtype=jnp.float32, name='gain')(cond, update_sn)
+    bias = SNDense(c, use_bias=False, sn_eps=self.sn_eps, dtype=jnp.float32, name='bias')(cond, update_sn)
     h = BatchStatsNorm(eps=self.bn_eps, axis_name=self.axis_name, name='bn')(x, train)
     return (h.astype(jnp.float32) * gain[:, None, None, :] + bias[:, None, None, :]).astype(self.dtype)
 
