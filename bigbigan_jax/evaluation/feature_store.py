@@ -1,0 +1,165 @@
+"""Features and labels kept in .npy shards, so that probes never hold a whole split.
+
+`FeatureWriter` appends feature batches to shards in a local directory; `FeatureStore`
+reads them back (memory-mapped) in minibatches, shuffling shard order and the examples of
+a few shards at a time. `FeatureStore.from_arrays` wraps in-memory arrays the same way.
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+_FEATURES = 'features_{:05d}.npy'
+_LABELS = 'labels_{:05d}.npy'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+  """One shard's features and labels, optionally restricted to some rows."""
+  features: np.ndarray  # [N, D], possibly a read-only memory map.
+  labels: np.ndarray  # [N] int.
+  rows: np.ndarray | None = None  # Sorted row indices, or None for all rows.
+
+  def __len__(self) -> int:
+    return len(self.labels) if self.rows is None else len(self.rows)
+
+  def load(self) -> tuple[np.ndarray, np.ndarray]:
+    """Reads the shard's (selected) rows into memory."""
+    if self.rows is None:
+      return np.asarray(self.features), np.asarray(self.labels)
+    return np.asarray(self.features[self.rows]), np.asarray(self.labels[self.rows])
+
+  def split(self, rng: np.random.Generator, fraction: float) -> tuple['_Shard', '_Shard']:
+    """Splits the rows at random into (rest, about `fraction` of them)."""
+    rows = np.arange(len(self.labels)) if self.rows is None else self.rows
+    picked = rng.permutation(len(rows)) < round(fraction * len(rows))
+    return (dataclasses.replace(self, rows=rows[~picked]),
+            dataclasses.replace(self, rows=rows[picked]))
+
+
+class FeatureStore:
+  """Read access to features [N, D] and int labels [N] held in shards."""
+
+  def __init__(self, shards: list[_Shard]):
+    if not shards:
+      raise ValueError('A FeatureStore needs at least one shard.')
+    self._shards = shards
+
+  @classmethod
+  def open(cls, directory: str | os.PathLike) -> 'FeatureStore':
+    """Opens the shards a `FeatureWriter` wrote to `directory`, memory-mapped."""
+    shards = []
+    while os.path.exists(os.path.join(directory, _FEATURES.format(len(shards)))):
+      index = len(shards)
+      features = np.load(os.path.join(directory, _FEATURES.format(index)), mmap_mode='r')
+      labels = np.load(os.path.join(directory, _LABELS.format(index)))
+      shards.append(_Shard(features, labels))
+    if not shards:
+      raise FileNotFoundError(f'No feature shards in {directory}.')
+    return cls(shards)
+
+  @classmethod
+  def from_arrays(cls, features: np.ndarray, labels: np.ndarray,
+                  shard_size: int = 65_536) -> 'FeatureStore':
+    """Wraps in-memory features [N, D] and labels [N] (no copy)."""
+    if len(features) != len(labels):
+      raise ValueError(f'{len(features)} feature rows but {len(labels)} labels.')
+    labels = np.asarray(labels)
+    return cls([_Shard(features[i:i + shard_size], labels[i:i + shard_size])
+                for i in range(0, len(labels), shard_size)])
+
+  def __len__(self) -> int:
+    return sum(len(shard) for shard in self._shards)
+
+  @property
+  def dim(self) -> int:
+    """Feature dimension D."""
+    return self._shards[0].features.shape[1]
+
+  def split(self, fraction: float, seed: int = 0) -> tuple['FeatureStore', 'FeatureStore']:
+    """Splits every shard at random into (rest, held-out `fraction`)."""
+    rng = np.random.default_rng(seed)
+    pairs = [shard.split(rng, fraction) for shard in self._shards]
+    return FeatureStore([rest for rest, _ in pairs]), FeatureStore([held for _, held in pairs])
+
+  def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+              drop_remainder: bool = False,
+              buffer_shards: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (features, labels) minibatches in the stored dtype.
+
+    With `shuffle`, shards come in a random order and the examples of `buffer_shards`
+    shards at a time (plus what the last group left over) are permuted together.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(self._shards)) if shuffle else np.arange(len(self._shards))
+    first = self._shards[0]
+    features = np.zeros((0, self.dim), first.features.dtype)
+    labels = np.zeros((0,), first.labels.dtype)
+    for start in range(0, len(order), buffer_shards):
+      loaded = [self._shards[i].load() for i in order[start:start + buffer_shards]]
+      features = np.concatenate([features] + [x for x, _ in loaded])
+      labels = np.concatenate([labels] + [y for _, y in loaded])
+      if shuffle:
+        perm = rng.permutation(len(labels))
+        features, labels = features[perm], labels[perm]
+      full = len(labels) - len(labels) % batch_size
+      for i in range(0, full, batch_size):
+        yield features[i:i + batch_size], labels[i:i + batch_size]
+      features, labels = features[full:], labels[full:]
+    if len(labels) and not drop_remainder:
+      yield features, labels
+
+
+class FeatureWriter:
+  """Appends feature batches to .npy shards of `shard_size` examples in a local directory.
+
+  Use as a context manager, or call `close()` to write the last, partial shard.
+  """
+
+  def __init__(self, directory: str | os.PathLike, shard_size: int = 8192,
+               dtype: np.dtype = np.float16):
+    os.makedirs(directory, exist_ok=True)
+    if os.path.exists(os.path.join(directory, _FEATURES.format(0))):
+      raise FileExistsError(f'{directory} already holds feature shards.')
+    self._directory = directory
+    self._shard_size = shard_size
+    self._dtype = dtype
+    self._features = []
+    self._labels = []
+    self._buffered = 0
+    self._num_shards = 0
+
+  def append(self, features: np.ndarray, labels: np.ndarray) -> None:
+    """Adds a batch of features [B, D] and labels [B]."""
+    if len(features) != len(labels):
+      raise ValueError(f'{len(features)} feature rows but {len(labels)} labels.')
+    self._features.append(np.asarray(features, self._dtype))
+    self._labels.append(np.asarray(labels, np.int32))
+    self._buffered += len(labels)
+    while self._buffered >= self._shard_size:
+      self._write(self._shard_size)
+
+  def close(self) -> FeatureStore:
+    """Writes what is buffered and returns the store of everything written."""
+    if self._buffered:
+      self._write(self._buffered)
+    return FeatureStore.open(self._directory)
+
+  def __enter__(self) -> 'FeatureWriter':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if exc_info[0] is None:
+      self.close()
+
+  def _write(self, count: int) -> None:
+    """Writes the first `count` buffered examples as the next shard (features last)."""
+    features = np.concatenate(self._features)
+    labels = np.concatenate(self._labels)
+    np.save(os.path.join(self._directory, _LABELS.format(self._num_shards)), labels[:count])
+    np.save(os.path.join(self._directory, _FEATURES.format(self._num_shards)), features[:count])
+    self._features, self._labels = [features[count:]], [labels[count:]]
+    self._buffered -= count
+    self._num_shards += 1

@@ -1,0 +1,61 @@
+"""Image grids for samples, reconstructions and latent interpolations (numpy and PIL)."""
+
+import math
+
+import numpy as np
+from etils import epath
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Maps images in [-1, 1] to uint8 in [0, 255] (-1 -> 0, 1 -> 255), clipping."""
+  return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
+  """Tiles images [N, H, W, C] in [-1, 1] row by row into one uint8 image [rows*H, ncols*W, C].
+
+  ncols defaults to ceil(sqrt(N)); cells past the last image are black.
+  """
+  images = to_uint8(images)
+  n, height, width, channels = images.shape
+  ncols = ncols or math.ceil(math.sqrt(n))
+  nrows = math.ceil(n / ncols)
+  cells = np.zeros((nrows * ncols, height, width, channels), np.uint8)
+  cells[:n] = images
+  cells = cells.reshape(nrows, ncols, height, width, channels)
+  return cells.transpose(0, 2, 1, 3, 4).reshape(nrows * height, ncols * width, channels)
+
+
+def save_png(path: str | epath.PathLike, grid: np.ndarray) -> None:
+  """Writes a uint8 image [H, W, C] (C = 1 or 3) as PNG, creating the parent folder."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  with path.open('wb') as f:
+    image.save(f, format='PNG')
+
+
+def interpolation_grid(z0: np.ndarray, z1: np.ndarray, num_steps: int) -> np.ndarray:
+  """Latents on the straight lines from z0 [R, Z] to z1 [R, Z], as [R * num_steps, Z].
+
+  Row r of `image_grid(decode(latents), ncols=num_steps)` then runs from z0[r] to z1[r].
+  """
+  weights = np.linspace(0.0, 1.0, num_steps, dtype=np.float32)[None, :, None]
+  z0, z1 = np.asarray(z0)[:, None], np.asarray(z1)[:, None]
+  return ((1.0 - weights) * z0 + weights * z1).reshape(-1, z0.shape[-1])
+
+
+def side_by_side(x: np.ndarray, recon: np.ndarray, ncols: int | None = None) -> np.ndarray:
+  """Reconstruction grid: each column pairs a real image with its reconstruction below it.
+
+  Rows alternate between `ncols` real images [N, H, W, C] in [-1, 1] and their
+  reconstructions; returns the uint8 grid.
+  """
+  n = len(x)
+  ncols = ncols or math.ceil(math.sqrt(2 * n))
+  blank = np.full((-n % ncols,) + x.shape[1:], -1.0, np.float32)
+  x = np.concatenate([x, blank]).reshape((-1, ncols) + x.shape[1:])
+  recon = np.concatenate([recon, blank]).reshape((-1, ncols) + recon.shape[1:])
+  paired = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[2:])
+  return image_grid(paired, ncols)
