@@ -15,6 +15,7 @@ setuptools.setup(
         'orbax-checkpoint>=0.12.4',
         'chex',
         'numpy',
+        'scipy',
         'ml-collections>=1.0',
         'clu>=0.0.12',
         'absl-py',

@@ -96,7 +96,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   """
   c = base_config()
   c.name = 'tiny'
-  c.data.dataset = 'fake'
+  c.data.dataset = 'imagenet2012'  # Tests replace it with tfds.testing.mock_data.
   c.data.num_channels = 3
   c.data.shuffle_buffer = 64
   c.data.tf_threads = 1
@@ -136,3 +136,20 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
       node = node[p]
     node[leaf] = value
   return c
+
+
+def parse_arg(arg: str, allowed: dict[str, type]) -> dict[str, object]:
+  """Parses a config file's `get_config` argument 'key=value,key=value' (big_vision style)."""
+  out = {}
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    if key not in allowed:
+      raise ValueError(f'Unknown config argument {key!r}; use some of {sorted(allowed)}.')
+    kind = allowed[key]
+    if kind is bool:
+      if value.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(f'Config argument {key}={value!r} must be True or False.')
+      out[key] = value.lower() in ('true', '1')
+    else:
+      out[key] = kind(value)
+  return out

@@ -35,8 +35,14 @@ def check_global_batch(global_batch: int, num_devices: int, what: str = 'batch_s
 
 
 def shard_map_jit(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=()) -> Callable:
-  """Runs `fn` as the per-device program on every device of `mesh`, compiled once."""
-  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+  """Runs `fn` as the per-device program on every device of `mesh`, compiled once.
+
+  Without varying-value checks, differentiation inside `fn` has pmap's semantics: the gradient
+  of a device's local loss is local, so averaging it with `lax.pmean` (cross-replica BatchNorm
+  included) gives the gradient of the global mean loss. With the checks on, JAX would already
+  sum it over devices when the parameters are replicated.
+  """
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
 

@@ -137,14 +137,16 @@ class Encoder(nn.Module):
   """Maps images [N, H, W, C] in [-1, 1] to z statistics, a z sample and evaluation features.
 
   Returns float32 `z_mean`, `z_stdev`, `z_sample` [N, z_dim], `avepool_feat` [N, D] and
-  `bn_crelu_feat` [N, 2D]. A stochastic encoder draws its noise from the 'sample' rng.
+  `bn_crelu_feat` [N, 2D]. A stochastic encoder's z_sample = z_mean + z_stdev * eps takes eps
+  from `noise` when given, else draws it from the 'sample' rng, else (inference without a
+  key) uses eps = 0.
   """
   config: ml_collections.ConfigDict
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, *, train: bool) -> dict[str, jax.Array]:
+  def __call__(self, x, *, train: bool, noise: Optional[jax.Array] = None) -> dict[str, jax.Array]:
     ec = self.config.encoder
     family, depth, multiplier = parse_encoder_name(ec.name)
     num_channels = self.config.data.num_channels
@@ -173,8 +175,9 @@ class Encoder(nn.Module):
     if ec.stochastic:
       z_mean, sigma_hat = jnp.split(out, 2, axis=-1)
       z_stdev = nn.softplus(sigma_hat) + ec.min_stdev
-      eps = jax.random.normal(self.make_rng('sample'), z_mean.shape, jnp.float32)
-      z_sample = z_mean + z_stdev * eps
+      if noise is None and self.has_rng('sample'):
+        noise = jax.random.normal(self.make_rng('sample'), z_mean.shape, jnp.float32)
+      z_sample = z_mean if noise is None else z_mean + z_stdev * noise
     else:
       z_mean = z_sample = out
       z_stdev = jnp.zeros_like(out)

@@ -1,0 +1,56 @@
+"""The embedded default: Fashion-MNIST on a CPU in about 10 minutes.
+
+G/D at 32 px with small widths, a small ResNet-v2 E at 64 px (so D sees E's view 2x2
+average-pooled, as in the paper's 256/128 setup), grayscale, local data only.
+"""
+
+from bigbigan_jax import default_config
+
+
+def get_config(arg: str = ''):
+  del arg
+  c = default_config.base_config()
+  c.name = 'fashion_mnist'
+  c.data.dataset = 'fashion_mnist_local'
+  c.data.eval_split = 'test'
+  c.data.num_channels = 1
+  c.data.augment = 'resize'
+  c.data.random_flip = True
+  c.data.shuffle_buffer = 10_000
+  c.data.tf_threads = 2
+
+  c.model.resolution = 32
+  c.model.z_dim = 64
+  c.model.g_ch = 16
+  c.model.d_ch = 16
+  c.model.embed_dim = 32
+  c.model.g_attn_res = (16,)
+  c.model.d_attn_res = (16,)
+  c.model.hj_depth = 2
+  c.model.hj_width = 256
+
+  c.encoder.name = 'resnet26'
+  c.encoder.base_width = 8
+  c.encoder.resolution = 64
+  c.encoder.head_depth = 2
+  c.encoder.head_width = 256
+
+  c.optim.d_lr = 2e-4
+  c.optim.g_lr = 1e-4
+  c.optim.e_lr_mult = 1.0
+  c.optim.d_steps = 1
+  c.optim.ema_decay = 0.999
+  c.optim.ema_start = 500
+
+  c.batch_size = 64
+  c.num_train_steps = 1500
+  c.dtype = 'float32'  # bfloat16 is slow on CPUs.
+  c.log_every_steps = 50
+  c.image_every_steps = 250
+  c.checkpoint_every_steps = 500
+  c.standing_stats_batches = 4
+
+  c.eval.every_steps = 0
+  c.eval.batch_size = 500
+  c.eval.num_fid_samples = 0
+  return c

@@ -1,0 +1,8 @@
+"""A few-thousand-parameter model at 32 px for smoke tests (runs in seconds on a CPU)."""
+
+from bigbigan_jax import default_config
+
+
+def get_config(arg: str = ''):
+  del arg
+  return default_config.tiny_config()

@@ -1,0 +1,174 @@
+"""The train step: gradient routing, update isolation, data parallelism and determinism."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigbigan_jax import default_config, losses, parallel, train_step
+from bigbigan_jax.models import bigbigan
+
+GLOBAL_BATCH = 16
+
+
+def config():
+  return default_config.tiny_config(batch_size=GLOBAL_BATCH, optim__d_steps=1,
+                                    optim__ortho_reg=1e-4)
+
+
+def fake_batch(c, seed=0, updates=2):
+  rng = np.random.default_rng(seed)
+  e = rng.uniform(-1, 1, (updates, c.batch_size, c.encoder.resolution, c.encoder.resolution, 3))
+  d = e.reshape(updates, c.batch_size, c.model.resolution, 1, c.model.resolution, 1, 3)
+  return {'image_e': e.astype(np.float32), 'image_d': d.mean(axis=(3, 5)).astype(np.float32)}
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def assert_trees_differ(a, b):
+  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@functools.lru_cache(maxsize=None)
+def mesh(num_devices):
+  return parallel.make_mesh(jax.devices()[:num_devices])
+
+
+def run_step(c, state, batch, num_devices):
+  m = mesh(num_devices)
+  step = train_step.make_train_step(c, m)
+  return step(parallel.replicate(m, state), parallel.global_array(m, batch))
+
+
+def test_gradient_routing_through_the_scores():
+  c = config()
+  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  g, e, d = bigbigan.build_models(c)
+  batch = fake_batch(c)
+  x_e, x_d = batch['image_e'][0], batch['image_d'][0]
+  z = jax.random.normal(jax.random.PRNGKey(1), (GLOBAL_BATCH, c.model.z_dim))
+
+  def term_loss(eg_params, term):
+    enc, _ = e.apply({'params': eg_params['encoder'], 'batch_stats': state.e_batch_stats}, x_e,
+                     train=True, rngs={'sample': jax.random.PRNGKey(2)}, mutable=['batch_stats'])
+    x_fake, _ = g.apply({'params': eg_params['generator'], 'spectral': state.g_spectral}, z,
+                        train=True, mutable=['spectral', 'batch_stats'])
+    scores = lambda x, zz: d.apply({'params': state.d_params, 'spectral': state.d_spectral}, x, zz,
+                                   train=False)
+    return losses.encoder_generator_loss(scores(x_d, enc['z_sample']), scores(x_fake, z),
+                                         terms=(term,))[0]
+
+  params = {'generator': state.g_params, 'encoder': state.e_params}
+  norm = lambda tree: float(sum(jnp.sum(jnp.abs(t)) for t in jax.tree.leaves(tree)))
+  grad_fn = jax.jit(jax.grad(term_loss), static_argnums=1)
+  grads = {t: grad_fn(params, t) for t in losses.SCORE_TERMS}
+  assert norm(grads['score_x']['encoder']) == 0.0  # s_x(x) of real data does not depend on E.
+  assert norm(grads['score_z']['generator']) == 0.0  # s_z(z) of prior samples does not depend on G.
+  assert norm(grads['score_x']['generator']) > 0.0
+  assert norm(grads['score_z']['encoder']) > 0.0
+  assert norm(grads['score_xz']['generator']) > 0.0 and norm(grads['score_xz']['encoder']) > 0.0
+
+
+def test_each_update_changes_only_its_own_networks():
+  c = config()
+  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  m = mesh(1)
+  fns = train_step.make_step_functions(c, 1)
+  specs = (parallel.REPLICATED,) * 4
+  batch = fake_batch(c)
+  args = (batch['image_e'][0], batch['image_d'][0], jax.random.PRNGKey(3))
+  d_update = parallel.shard_map_jit(fns.d_update, m, specs, (parallel.REPLICATED,) * 2)
+  eg_update = parallel.shard_map_jit(fns.eg_update, m, specs, (parallel.REPLICATED,) * 2)
+
+  after_d, _ = d_update(state, *args)
+  for field in ('g_params', 'g_spectral', 'g_ema_params', 'e_params', 'e_batch_stats',
+                'eg_opt_state', 'step'):
+    assert_trees_equal(getattr(after_d, field), getattr(state, field))
+  for field in ('d_params', 'd_spectral', 'd_opt_state'):
+    assert_trees_differ(getattr(after_d, field), getattr(state, field))
+
+  after_eg, _ = eg_update(state, *args)
+  for field in ('d_params', 'd_spectral', 'd_opt_state'):
+    assert_trees_equal(getattr(after_eg, field), getattr(state, field))
+  for field in ('g_params', 'g_spectral', 'g_ema_params', 'e_params', 'e_batch_stats',
+                'eg_opt_state'):
+    assert_trees_differ(getattr(after_eg, field), getattr(state, field))
+  assert int(after_eg.step) == 1
+
+
+def test_four_devices_match_one_device():
+  assert jax.device_count() >= 4, 'tests/conftest.py asks for 4 CPU devices'
+  c = config()
+  # Conv biases in front of BatchNorm have a true gradient of 0, so their computed gradient is
+  # rounding noise, which Adam's first step (b1 = 0) would turn into full +-lr steps. A larger
+  # eps keeps that noise out of the parameters; the optimizer states still compare gradients.
+  c.optim.eps = 1e-3
+  batch = fake_batch(c)
+  init = lambda: train_step.init_state(c, jax.random.PRNGKey(0))
+  one, metrics_one = run_step(c, init(), batch, 1)
+  four, metrics_four = run_step(c, init(), batch, 4)
+  tol = dict(rtol=2e-4, atol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), one, four)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), metrics_one, metrics_four)
+  # E's BatchNorm running statistics moved towards the statistics of the whole global batch.
+  assert_trees_differ(one.e_batch_stats, init().e_batch_stats)
+
+
+def test_global_batch_statistics_in_generator_batchnorm():
+  c = config()
+  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  g = bigbigan.build_models(c, axis_name=parallel.AXIS).generator
+  z = jax.random.normal(jax.random.PRNGKey(5), (GLOBAL_BATCH, c.model.z_dim))
+
+  def recorded_stats(z_local):
+    _, new = g.apply({'params': state.g_params, 'spectral': state.g_spectral}, z_local, train=True,
+                     mutable=['spectral', 'batch_stats'])
+    return new['batch_stats']
+
+  sharded = parallel.shard_map_jit(recorded_stats, mesh(4), parallel.EVAL_BATCH,
+                                   parallel.REPLICATED)(z)
+  single = bigbigan.build_models(c).generator.apply(
+      {'params': state.g_params, 'spectral': state.g_spectral}, z, train=True,
+      mutable=['spectral', 'batch_stats'])[1]['batch_stats']
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), sharded, single)
+
+
+def test_step_is_deterministic():
+  c = config()
+  batch = fake_batch(c)
+  init = lambda: train_step.init_state(c, jax.random.PRNGKey(0))
+  first, m1 = run_step(c, init(), batch, 4)
+  second, m2 = run_step(c, init(), batch, 4)
+  assert_trees_equal(first, second)
+  assert_trees_equal(m1, m2)
+  assert {'d_loss', 'eg_loss', 'real_score_x', 'real_score_z', 'real_score_xz', 'fake_score_x',
+          'fake_score_z', 'fake_score_xz'} <= set(m1)
+  third, _ = run_step(c, train_step.init_state(c, jax.random.PRNGKey(7)), batch, 4)
+  assert_trees_differ(first.d_params, third.d_params)
+
+
+def test_ema_follows_generator():
+  c = default_config.tiny_config(batch_size=GLOBAL_BATCH, optim__ema_start=0,
+                                 optim__ema_decay=0.5)
+  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  before = jax.device_get(state.g_params)  # The step donates the state's buffers.
+  new, _ = run_step(c, state, fake_batch(c, updates=c.optim.d_steps + 1), 4)
+  expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, before, new.g_params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               new.g_ema_params, expected)
+
+
+def test_orthogonal_regularization_is_zero_for_orthogonal_columns():
+  q = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(0), (8, 4)))[0]
+  assert float(train_step.orthogonal_regularization({'w': q, 'embedding': 5 * q})) < 1e-10
+  w = jnp.ones((3, 2))  # Columns overlap: W^T W = [[3, 3], [3, 3]], off-diagonal sum 2 * 9.
+  np.testing.assert_allclose(train_step.orthogonal_regularization({'w': w}), 18.0)
+
+
+def test_batch_not_divisible_by_devices():
+  with pytest.raises(ValueError, match=r'batch_size=10 must be a positive multiple of the device count \(4\)'):
+    train_step.make_step_functions(default_config.tiny_config(batch_size=10), 4)
