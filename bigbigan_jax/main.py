@@ -14,9 +14,16 @@ flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, images);
 flags.mark_flags_as_required(['config'])
 
 
+def _quiet_library_logs() -> None:
+  """Keeps orbax's per-save INFO lines out of the training log (warnings still show)."""
+  logging.get_absl_logger().addFilter(
+      lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  _quiet_library_logs()
   # Imported after flag parsing so that --help and flag errors stay fast.
   from bigbigan_jax import config_checks, parallel, train  # pylint: disable=g-import-not-at-top
 

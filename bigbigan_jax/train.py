@@ -37,8 +37,7 @@ class _StopFlag:
 
 
 def checkpoint_manager(workdir: epath.Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every_steps)
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints)
   return ocp.CheckpointManager(workdir / 'checkpoints', options=options)
 
 
@@ -52,9 +51,9 @@ def abstract_state(config: ml_collections.ConfigDict, mesh) -> Any:
 def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.TrainState:
   latest = manager.latest_step()
   if latest is None:
-    init = jax.jit(train_step.init_state, static_argnums=0,
+    init = jax.jit(lambda key: train_step.init_state(config, key),
                    out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
-    return init(config, jax.random.PRNGKey(config.seed))
+    return init(jax.random.PRNGKey(config.seed))
   logging.info('Restoring checkpoint at step %d from %s.', latest, manager.directory)
   return manager.restore(latest, args=ocp.args.StandardRestore(abstract_state(config, mesh)))
 
@@ -155,7 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         with progress.timed('eval'):
           evaluate_fn(state, step, writer)
       preempted = stop.requested or manager.reached_preemption(step)
-      manager.save(step, args=ocp.args.StandardSave(state), force=last or preempted)
+      if step % config.checkpoint_every_steps == 0 or last or preempted:
+        manager.save(step, args=ocp.args.StandardSave(state), force=True)
       if preempted:
         logging.warning('Stopping at step %d on a preemption signal; checkpoint saved.', step)
         break
