@@ -26,5 +26,5 @@ setuptools.setup(
         'tensorflow-datasets>=4.9.9',
         'importlib_resources',  # TFDS imports it when preparing data but does not list it.
     ],
-    extras_require={'test': ['pytest>=8', 'pytest-xdist']},
+    extras_require={'test': ['pytest>=8']},
 )

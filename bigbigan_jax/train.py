@@ -6,6 +6,7 @@ a checkpoint at the next step and stops.
 """
 
 import json
+import os
 import signal
 from typing import Any, Optional
 
@@ -107,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   `evaluate_fn(state, step, writer)`, if given, runs every `config.eval.every_steps`.
   """
-  workdir = epath.Path(workdir)
+  workdir = epath.Path(workdir if '://' in workdir else os.path.abspath(workdir))  # orbax wants absolute.
   mesh = parallel.make_mesh()
   config_checks.validate(config, mesh.size, jax.process_count())
   if jax.process_index() == 0:
