@@ -180,10 +180,12 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
                        train=False)
       real, fake = _split_scores(scores, local_batch)
       total, per_term = eg_loss_fn(real, fake)
-      ortho = orthogonal_regularization(eg_params['generator'])
       metrics = {'eg_loss': total, **{f'eg_loss_{k}': v for k, v in per_term.items()},
-                 'ortho_reg': ortho, 'encoder_stdev': jnp.mean(enc['z_stdev'])}
-      return total + o.ortho_reg * ortho, (e_batch_stats, g_spectral, metrics)
+                 'encoder_stdev': jnp.mean(enc['z_stdev'])}
+      if o.ortho_reg:
+        metrics['ortho_reg'] = orthogonal_regularization(eg_params['generator'])
+        total = total + o.ortho_reg * metrics['ortho_reg']
+      return total, (e_batch_stats, g_spectral, metrics)
 
     eg_params = {'generator': state.g_params, 'encoder': state.e_params}
     grads, (e_batch_stats, g_spectral, metrics) = jax.grad(loss, has_aux=True)(eg_params)

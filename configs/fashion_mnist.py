@@ -40,14 +40,14 @@ def get_config(arg: str = ''):
   c.optim.e_lr_mult = 1.0
   c.optim.d_steps = 1
   c.optim.ema_decay = 0.999
-  c.optim.ema_start = 500
+  c.optim.ema_start = 400
 
-  c.batch_size = 64
-  c.num_train_steps = 1500
+  c.batch_size = 32
+  c.num_train_steps = 1200
   c.dtype = 'float32'  # bfloat16 is slow on CPUs.
   c.log_every_steps = 50
-  c.image_every_steps = 250
-  c.checkpoint_every_steps = 500
+  c.image_every_steps = 300
+  c.checkpoint_every_steps = 400
   c.standing_stats_batches = 4
 
   c.eval.every_steps = 0

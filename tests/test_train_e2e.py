@@ -1,0 +1,93 @@
+"""The training program end to end on mock ImageNet: outputs, checkpoints and exact resume."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from etils import epath
+
+from bigbigan_jax import config_checks, default_config, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(steps):
+  c = default_config.tiny_config(num_train_steps=steps, checkpoint_every_steps=2,
+                                 image_every_steps=2, log_every_steps=1)
+  c.data.shuffle_buffer = 16
+  return c
+
+
+def run(config, workdir):
+  with tfds.testing.mock_data(num_examples=64):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  cwd = os.getcwd()
+  os.chdir(workdir.parent)
+  try:  # A relative --workdir, as `runs/<config name>` is.
+    return workdir, jax.device_get(run(tiny(4), workdir.name))
+  finally:
+    os.chdir(cwd)
+
+
+def test_run_writes_events_grids_checkpoints_and_config(uninterrupted):
+  workdir, state = uninterrupted
+  assert int(state.step) == 4
+  assert list(workdir.glob('events.out.tfevents.*'))
+  for kind in ('samples', 'reconstructions'):
+    assert (workdir / 'images' / f'{kind}_0000002.png').exists()
+    assert (workdir / 'images' / f'{kind}_0000004.png').exists()
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == [2, 4]
+  assert train.load_config(workdir).num_train_steps == 4
+
+
+def test_stopped_and_restarted_run_equals_uninterrupted_run(uninterrupted, tmp_path):
+  _, expected = uninterrupted
+  first = run(tiny(2), tmp_path)
+  assert int(first.step) == 2
+  resumed = jax.device_get(run(tiny(4), tmp_path))
+  assert int(resumed.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+
+
+def test_finished_run_is_not_trained_again(uninterrupted):
+  workdir, expected = uninterrupted
+  again = jax.device_get(run(tiny(4), workdir))
+  jax.tree.map(np.testing.assert_array_equal, again, expected)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 6, 'batch_size=6 must be a positive multiple of the device count (4)'),
+    ('encoder__name', 'vgg16', "Encoder name 'vgg16' is not supported"),
+    ('model__resolution', 96, 'resolution 96 is not supported; use one of 32, 64, 128, 256'),
+    ('num_train_steps', 0, 'num_train_steps=0 must be positive'),
+    ('optim__d_steps', 0, 'optim.d_steps=0 must be positive'),
+    ('loss__reduction', 'max', "loss.reduction='max' is not supported"),
+    ('dtype', 'int8', "dtype='int8' is not supported"),
+    ('optim__ema_decay', 1.5, 'optim.ema_decay=1.5 must be in [0, 1)'),
+    ('num_grid_images', 10, 'num_grid_images=10 must be a square number'),
+])
+def test_config_validation_errors(field, value, message):
+  with pytest.raises(config_checks.ConfigError) as info:
+    config_checks.validate(default_config.tiny_config(**{field: value}), num_devices=4)
+  assert message in str(info.value)
+  assert str(info.value).count('. ') == 0, 'one sentence'
+
+
+def test_main_reports_a_bad_config_in_one_line_before_compiling(tmp_path):
+  cmd = [sys.executable, '-m', 'bigbigan_jax.main', f'--config={REPO}/configs/tiny.py',
+         f'--workdir={tmp_path}', '--config.encoder.name=resnet51']
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+  assert out.returncode == 1
+  assert 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith("error: Encoder name 'resnet51' is not supported")
+  assert not (epath.Path(tmp_path) / 'checkpoints').exists()
