@@ -31,7 +31,7 @@ def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
 def check_global_batch(global_batch: int, num_devices: int, what: str = 'batch_size') -> None:
   if global_batch <= 0 or global_batch % num_devices:
     raise ValueError(f'{what}={global_batch} must be a positive multiple of the device count '
-                     f'({num_devices}); use e.g. {max(1, global_batch // num_devices) * num_devices}.')
+                     f'({num_devices}), such as {max(1, global_batch // num_devices) * num_devices}.')
 
 
 def shard_map_jit(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=()) -> Callable:

@@ -20,7 +20,7 @@ def test_standing_stats_make_samples_independent_of_the_batch(setup):
   alone = model.sample(state.g_ema_params, standing, z[:2])
   together = model.sample(state.g_ema_params, standing, z)
   assert alone.shape == (2, 32, 32, 3)
-  np.testing.assert_allclose(alone, together[:2], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(alone, together[:2], rtol=1e-4, atol=1e-5)  # Batch stats would move O(0.1).
   # The standing statistics are an average over batches, not the initial zeros and ones.
   stats = jax.tree.leaves(standing['batch_stats'])
   assert any(float(np.abs(s).max()) > 0 for s in stats[::2])
