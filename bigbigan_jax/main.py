@@ -26,12 +26,14 @@ def main(argv):
   _quiet_library_logs()
   # Imported after flag parsing so that --help and flag errors stay fast.
   from bigbigan_jax import config_checks, parallel, train  # pylint: disable=g-import-not-at-top
+  from bigbigan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
 
   parallel.initialize_distributed()
   workdir = FLAGS.workdir or os.path.join('runs', FLAGS.config.name)
   logging.info('Workdir: %s', workdir)
   try:
-    train.train_and_evaluate(FLAGS.config, workdir)
+    train.train_and_evaluate(FLAGS.config, workdir,
+                             evaluator.periodic_evaluator(FLAGS.config, workdir))
   except (config_checks.ConfigError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 

@@ -1,0 +1,82 @@
+"""Evaluates a training run: python -m bigbigan_jax.evaluate --workdir=runs/NAME [--step=N].
+
+Restores a checkpoint (default: the newest) with the run's config.json, runs the Evaluator
+(linear probe, k-NN, FID/IS when Inception weights are given, grids) and writes the metrics to
+`<workdir>/eval_<step>.json`. `--init` evaluates the run's freshly initialised state instead
+(written as eval_0.json), `--raw_pixels` the raw-pixel baseline (eval_raw_pixels.json).
+"""
+
+import json
+import sys
+
+import jax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from etils import epath
+
+from bigbigan_jax import config_checks, parallel, train, train_step
+from bigbigan_jax.evaluation import evaluator
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
+flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default the newest.')
+flags.DEFINE_bool('init', False, "Evaluate the run's initial state (seeded by config.seed) "
+                  'instead of a checkpoint.')
+flags.DEFINE_bool('raw_pixels', False, "Evaluate the raw-pixel baseline (flattened D's view) "
+                  'instead of E.')
+flags.mark_flags_as_required(['workdir'])
+
+
+class UsageError(Exception):
+  """A problem the user fixes on the command line; printed as one line."""
+
+
+def _state(config, workdir, mesh):
+  """(step, state) to evaluate, from a checkpoint or the initialisation."""
+  if FLAGS.init:
+    init = jax.jit(lambda key: train_step.init_state(config, key),
+                   out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
+    return 0, init(jax.random.PRNGKey(config.seed))
+  manager = train.checkpoint_manager(workdir, config)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise UsageError(f'No checkpoints in {workdir}/checkpoints; train first or pass --init.')
+  step = steps[-1] if FLAGS.step is None else FLAGS.step
+  if step not in steps:
+    raise UsageError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
+  logging.info('Restoring checkpoint %d from %s.', step, manager.directory)
+  state = manager.restore(step, args=ocp.args.StandardRestore(train.abstract_state(config, mesh)))
+  manager.close()
+  return step, state
+
+
+def _evaluate(workdir):
+  """Runs the evaluation the flags ask for and writes its JSON file."""
+  if FLAGS.init + FLAGS.raw_pixels + (FLAGS.step is not None) > 1:
+    raise UsageError('Pass at most one of --step, --init and --raw_pixels.')
+  workdir = epath.Path(workdir).absolute()  # Orbax restores from absolute paths only.
+  config = train.load_config(workdir)
+  evaluate = evaluator.Evaluator(config, workdir)
+  if FLAGS.raw_pixels:
+    name, metrics = 'raw_pixels', evaluate.raw_pixels()
+  else:
+    step, state = _state(config, workdir, evaluate.mesh)
+    name, metrics = str(step), evaluate(state, step)
+  path = workdir / f'eval_{name}.json'
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + '\n')
+  logging.info('Wrote %s: %s', path, metrics)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  parallel.initialize_distributed()
+  try:
+    _evaluate(FLAGS.workdir)
+  except (UsageError, config_checks.ConfigError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,67 @@
+"""Frozen features of a data split (E's, or raw pixels) written to a FeatureWriter directory.
+
+Batches of `eval_iterator` are sharded over the mesh's batch axis; the features come back
+replicated, so every process drops the padded rows and writes the whole split in the same
+order. E runs deterministically: z_mean path (no sampling key), BatchNorm running statistics.
+"""
+
+import dataclasses
+import os
+
+import jax
+import ml_collections
+from jax.sharding import Mesh, NamedSharding
+
+from bigbigan_jax import inference, input_pipeline, parallel
+from bigbigan_jax.evaluation.feature_store import FeatureStore, FeatureWriter
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+  """A written split: its FeatureStore and 1 + the largest label in it."""
+  store: FeatureStore
+  num_classes: int
+
+
+class FeatureExtractor:
+  """Writes E's `config.eval.feature` or raw pixels (flattened D view) of a split to disk."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    self.config, self.mesh = config, mesh
+    self._model = inference.BigBiGAN(config)
+    replicated = NamedSharding(mesh, parallel.REPLICATED)
+    self._encode = jax.jit(self._encode_impl, out_shardings=replicated)
+    self._pixels = jax.jit(self._pixels_impl, out_shardings=replicated)
+
+  def encoder(self, e_params, e_batch_stats, split: str, directory: str | os.PathLike, *,
+              num_examples: int = 0) -> Features:
+    """E's features of the first `num_examples` (0: all) of `split`."""
+    return self._write(lambda b: self._encode(e_params, e_batch_stats, b), split, directory,
+                       num_examples)
+
+  def raw_pixels(self, split: str, directory: str | os.PathLike, *,
+                 num_examples: int = 0) -> Features:
+    """Flattened D-resolution pixels of the first `num_examples` (0: all) of `split`."""
+    return self._write(self._pixels, split, directory, num_examples)
+
+  def _encode_impl(self, e_params, e_batch_stats, batch):
+    features = self._model.encode(e_params, e_batch_stats, batch['image_e'])
+    return features[self.config.eval.feature], batch['label'], batch['mask']
+
+  @staticmethod
+  def _pixels_impl(batch):
+    images = batch['image_d']
+    return images.reshape(images.shape[0], -1), batch['label'], batch['mask']
+
+  def _write(self, extract, split, directory, num_examples) -> Features:
+    batches = input_pipeline.eval_iterator(self.config, split, self.config.eval.batch_size,
+                                           num_examples=num_examples)
+    device_batches = parallel.prefetch_to_mesh(self.mesh, batches, self.config.data.prefetch,
+                                               parallel.EVAL_BATCH)
+    writer, largest = FeatureWriter(directory), 0
+    for batch in device_batches:
+      features, labels, mask = jax.device_get(extract(batch))
+      keep = mask > 0
+      writer.append(features[keep], labels[keep])
+      largest = max(largest, int(labels[keep].max(initial=0)))
+    return Features(writer.close(), largest + 1)
