@@ -74,6 +74,7 @@ def test_finished_run_is_not_trained_again(uninterrupted):
     ('dtype', 'int8', "dtype='int8' is not supported"),
     ('optim__ema_decay', 1.5, 'optim.ema_decay=1.5 must be in [0, 1)'),
     ('num_grid_images', 10, 'num_grid_images=10 must be a square number'),
+    ('encoder__head_depth', 3, 'encoder.head_depth=3 must be even'),
 ])
 def test_config_validation_errors(field, value, message):
   with pytest.raises(config_checks.ConfigError) as info:

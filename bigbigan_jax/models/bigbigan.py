@@ -25,6 +25,9 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
   generator.check_generator_config(config)
   discriminator.check_discriminator_config(config)
   encoder.parse_encoder_name(config.encoder.name)
+  if config.encoder.head_depth % 2:
+    raise ValueError(f'encoder.head_depth={config.encoder.head_depth} must be even (the head is '
+                     'pairs of residual layers).')
   if config.encoder.resolution < 32:
     raise ValueError(f'encoder.resolution={config.encoder.resolution} is too small; use 32 or more.')
 
