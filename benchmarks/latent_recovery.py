@@ -8,7 +8,6 @@ A linear least-squares map from E(G(z)) (z_mean) to z is fitted on 2048 latents 
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags
 from etils import epath
 
@@ -49,7 +48,7 @@ def main(argv):
   print(f'step 0 (init): R^2 = {latent_r2(config, model, train_step.init_state(config, jax.random.PRNGKey(config.seed))):.3f}')
   manager = train.checkpoint_manager(epath.Path(FLAGS.workdir).absolute(), config)
   for step in manager.all_steps():
-    state = manager.restore(step, args=ocp.args.StandardRestore(train.abstract_state(config, mesh)))
+    state = train.restore(manager, step, config, mesh)
     print(f'step {step}: R^2 = {latent_r2(config, model, state):.3f}')
 
 

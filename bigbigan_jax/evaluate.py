@@ -10,11 +10,10 @@ import json
 import sys
 
 import jax
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from etils import epath
 
-from bigbigan_jax import config_checks, parallel, train, train_step
+from bigbigan_jax import config_checks, parallel, train
 from bigbigan_jax.evaluation import evaluator
 
 FLAGS = flags.FLAGS
@@ -34,9 +33,7 @@ class UsageError(Exception):
 def _state(config, workdir, mesh):
   """(step, state) to evaluate, from a checkpoint or the initialisation."""
   if FLAGS.init:
-    init = jax.jit(lambda key: train_step.init_state(config, key),
-                   out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
-    return 0, init(jax.random.PRNGKey(config.seed))
+    return 0, train.initial_state(config, mesh)
   manager = train.checkpoint_manager(workdir, config)
   steps = sorted(manager.all_steps())
   if not steps:
@@ -45,7 +42,7 @@ def _state(config, workdir, mesh):
   if step not in steps:
     raise UsageError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
   logging.info('Restoring checkpoint %d from %s.', step, manager.directory)
-  state = manager.restore(step, args=ocp.args.StandardRestore(train.abstract_state(config, mesh)))
+  state = train.restore(manager, step, config, mesh)
   manager.close()
   return step, state
 

@@ -5,13 +5,13 @@ pipeline continues with the batch it would have served next. SIGTERM (preemptibl
 a checkpoint at the next step and stops.
 """
 
+import itertools
 import json
 import os
 import signal
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -49,14 +49,23 @@ def abstract_state(config: ml_collections.ConfigDict, mesh) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
+def initial_state(config: ml_collections.ConfigDict, mesh) -> train_step.TrainState:
+  """The state at step 0 (seeded by config.seed), replicated over `mesh`."""
+  init = jax.jit(lambda key: train_step.init_state(config, key),
+                 out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
+  return init(jax.random.PRNGKey(config.seed))
+
+
+def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_step.TrainState:
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state(config, mesh)))
+
+
 def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.TrainState:
   latest = manager.latest_step()
   if latest is None:
-    init = jax.jit(lambda key: train_step.init_state(config, key),
-                   out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
-    return init(jax.random.PRNGKey(config.seed))
+    return initial_state(config, mesh)
   logging.info('Restoring checkpoint at step %d from %s.', latest, manager.directory)
-  return manager.restore(latest, args=ocp.args.StandardRestore(abstract_state(config, mesh)))
+  return restore(manager, latest, config, mesh)
 
 
 def save_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
@@ -126,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = input_pipeline.train_iterator(config, start_step=start)
   first = next(batches)
   draw_grids = GridWriter(config, workdir, writer, first['image_e'][0])
-  device_batches = parallel.prefetch_to_mesh(mesh, _chain(first, batches), config.data.prefetch)
+  device_batches = parallel.prefetch_to_mesh(mesh, itertools.chain([first], batches), config.data.prefetch)
 
   stop = _StopFlag()
   previous_handler = signal.signal(signal.SIGTERM, stop)
@@ -166,11 +175,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.close()
     writer.flush()
   return state
-
-
-def _chain(first, rest):
-  yield first
-  yield from rest
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:

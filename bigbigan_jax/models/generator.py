@@ -7,7 +7,6 @@ Each block's two conditional BatchNorms read [z chunk, embedding].
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
