@@ -1,23 +1,26 @@
-"""Learning sanity: the joint discriminator learns which latent goes with which image.
+"""Learning sanity: D learns which latent goes with which image, then E learns to invert G.
 
-The real images are drawn from the initial generator itself and the encoder is set to output
-pure prior noise, so real pairs (x, E(x)) and generated pairs (G(z), z) have the same image
-marginal and the same latent marginal: s_x and s_z have nothing to learn. Only the pairing
-differs: z made the generated image, while the real image's z is independent of it. With E and
-G held fixed, the D updates of the train step must find that difference through
-s_xz = J(F(x), H(z)); a J that ignored z, or pairs misaligned inside the step, would stay at
-chance.
+The synthetic problem: real images are drawn from the initial generator itself, and the
+encoder starts out emitting pure prior noise (the prior-collapse state a stochastic E falls
+into early in training). Real pairs (x, E(x)) and generated pairs (G(z), z) then have the same
+image marginal and the same latent marginal, so s_x and s_z have nothing to learn; only the
+pairing differs. First the D updates of the train step alone must find the pairing through
+s_xz = J(F(x), H(z)) (a J that ignored z, or pairs misaligned inside the step, stays at
+chance). Then the full train step must pull E out of the collapse towards G's inverse, so that
+E(G(z)) correlates with z.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigbigan_jax import default_config, parallel, train_step
+from bigbigan_jax import default_config, inference, parallel, train_step
 from bigbigan_jax.models import bigbigan
 
 BATCH = 16
+Z_DIM = 4
 D_UPDATES = 400
+TRAIN_STEPS = 300
 
 
 def prior_noise_encoder(e_params, z_dim):
@@ -27,29 +30,45 @@ def prior_noise_encoder(e_params, z_dim):
   return {**e_params, 'head_out': {'kernel': jnp.zeros_like(head['kernel']), 'bias': bias}}
 
 
-def test_joint_discriminator_learns_the_pairing():
-  c = default_config.tiny_config(batch_size=BATCH, model__z_dim=4, model__hj_width=128)
-  c.optim.d_lr = 1e-3
+def latent_correlation(generator, model, state, z_dim):
+  """corr(E(G(z))_i, z_i) for each latent dimension i, over 1024 prior samples."""
+  z = jax.random.normal(jax.random.PRNGKey(123), (1024, z_dim))
+  x = jnp.concatenate([generate(generator, state.g_params, state.g_spectral, chunk)
+                       for chunk in z.reshape(-1, 64, z_dim)])
+  z_hat = np.asarray(model.encode(state.e_params, state.e_batch_stats, x)['z_mean'])
+  z = np.asarray(z)
+  z_c, z_hat_c = z - z.mean(0), z_hat - z_hat.mean(0)
+  return (z_c * z_hat_c).mean(0) / np.maximum(z.std(0) * z_hat.std(0), 1e-12)
+
+
+def generate(generator, g_params, g_spectral, z):
+  """G as the train step runs it for its fakes: train-mode BatchNorm over the batch."""
+  return generator.apply({'params': g_params, 'spectral': g_spectral}, z, train=True,
+                         update_sn=False, mutable=['spectral', 'batch_stats'])[0]
+
+
+def test_discriminator_learns_the_pairing_then_encoder_inverts_generator():
+  c = default_config.tiny_config(batch_size=BATCH, model__z_dim=Z_DIM, model__hj_width=128)
+  c.optim.d_lr, c.optim.g_lr, c.optim.e_lr_mult = 1e-3, 1e-4, 10.0
   state = train_step.init_state(c, jax.random.PRNGKey(0))
-  state = state.replace(e_params=prior_noise_encoder(state.e_params, c.model.z_dim))
+  state = state.replace(e_params=prior_noise_encoder(state.e_params, Z_DIM))
   generator = bigbigan.build_models(c)[0]
+  model = inference.BigBiGAN(c)
+  teacher_vars = (state.g_params, state.g_spectral)
+  teacher = jax.jit(lambda z: generate(generator, *teacher_vars, z))
+  rng = np.random.default_rng(0)
+  draw = lambda: teacher(rng.standard_normal((BATCH, Z_DIM)).astype(np.float32))
 
-  @jax.jit
-  def teacher(z):  # Exactly as the step makes its fakes: train-mode BN over the batch.
-    return generator.apply({'params': state.g_params, 'spectral': state.g_spectral}, z,
-                           train=True, update_sn=False, mutable=['spectral', 'batch_stats'])[0]
-
+  # Phase 1: D updates alone (E and G fixed).
   mesh = parallel.make_mesh(jax.devices()[:1])
   d_update = parallel.shard_map_jit(
       train_step.make_step_functions(c, 1).d_update, mesh, (parallel.REPLICATED,) * 4,
-      (parallel.REPLICATED,) * 2, donate_argnums=0)
-  rng = np.random.default_rng(0)
+      (parallel.REPLICATED,) * 2)
   history = []
   for i in range(D_UPDATES):
-    x = teacher(rng.standard_normal((BATCH, c.model.z_dim)).astype(np.float32))
+    x = draw()
     state, metrics = d_update(state, x, x, jax.random.PRNGKey(100 + i))
     history.append(jax.device_get(metrics))
-
   last = lambda key: float(np.mean([m[key] for m in history[-30:]]))
   print(f"last 30 D updates: hinge s_xz {last('d_loss_score_xz'):.2f}, "
         f"s_x {last('d_loss_score_x'):.2f}, s_z {last('d_loss_score_z'):.2f} (2.0 = chance)")
@@ -59,3 +78,16 @@ def test_joint_discriminator_learns_the_pairing():
   chance_level = min(last('d_loss_score_x'), last('d_loss_score_z'))
   assert chance_level > 1.8
   assert last('d_loss_score_xz') < chance_level - 0.4
+
+  # Phase 2: the full train step (D, then E and G together) on the same data.
+  step = train_step.make_train_step(c, mesh)
+  for _ in range(TRAIN_STEPS):
+    batch = np.stack([draw(), draw()])
+    state, metrics = step(state, parallel.global_array(mesh, {'image_e': batch, 'image_d': batch}))
+  corr = latent_correlation(generator, model, state, Z_DIM)
+  print(f'corr(E(G(z))_i, z_i) after {TRAIN_STEPS} steps: {np.round(corr, 2)}')
+  # E starts at exactly 0 correlation (its output ignores x). Over seeds 0-2 the mean over the
+  # 4 dimensions reached 0.22-0.30 and G's dominant dimension 0.6-0.86: E is inverting G.
+  assert np.isfinite(float(metrics['eg_loss']))
+  assert corr.mean() > 0.15
+  assert corr.max() > 0.5
