@@ -4,9 +4,15 @@ Restores a checkpoint (default: the newest) with the run's config.json, runs the
 (linear probe, k-NN, FID/IS when Inception weights are given, grids) and writes the metrics to
 `<workdir>/eval_<step>.json`. `--init` evaluates the run's freshly initialised state instead
 (written as eval_0.json), `--raw_pixels` the raw-pixel baseline (eval_raw_pixels.json).
+
+`--set=KEY=VALUE` (repeatable) changes one of the run's `config.eval` settings for this
+evaluation only, e.g. `--set=feature=bn_crelu_feat` or `--set=inception_weights=fid.npz`; the
+file name then carries the settings (eval_4000_feature-bn_crelu_feat.json), so results of other
+settings are kept.
 """
 
 import json
+import re
 import sys
 
 import jax
@@ -23,11 +29,30 @@ flags.DEFINE_bool('init', False, "Evaluate the run's initial state (seeded by co
                   'instead of a checkpoint.')
 flags.DEFINE_bool('raw_pixels', False, "Evaluate the raw-pixel baseline (flattened D's view) "
                   'instead of E.')
+flags.DEFINE_multi_string('set', [], 'KEY=VALUE: change the config.eval setting KEY for this '
+                          'evaluation (repeatable), e.g. feature=bn_crelu_feat.')
 flags.mark_flags_as_required(['workdir'])
 
 
 class UsageError(Exception):
   """A problem the user fixes on the command line; printed as one line."""
+
+
+def _apply_eval_settings(config, settings: list[str]) -> str:
+  """Applies KEY=VALUE settings to config.eval; returns the file-name suffix naming them."""
+  suffix = ''
+  for setting in settings:
+    key, sep, value = setting.partition('=')
+    if not sep or key not in config.eval:
+      raise UsageError(f'--set={setting} must be KEY=VALUE with KEY one of '
+                       f'{", ".join(sorted(config.eval))}.')
+    kind = type(config.eval[key])
+    try:
+      config.eval[key] = value if kind is str else kind(value)
+    except ValueError:
+      raise UsageError(f'--set={setting}: {value!r} is not a valid {kind.__name__} for {key}.') from None
+    suffix += '_' + re.sub(r'[^A-Za-z0-9._]+', '-', f'{key}-{value}').strip('-')
+  return suffix
 
 
 def _state(config, workdir, mesh):
@@ -53,13 +78,15 @@ def _evaluate(workdir):
     raise UsageError('Pass at most one of --step, --init and --raw_pixels.')
   workdir = epath.Path(workdir).absolute()  # Orbax restores from absolute paths only.
   config = train.load_config(workdir)
+  suffix = _apply_eval_settings(config, FLAGS.set)
+  config_checks.validate_eval(config, jax.device_count())
   evaluate = evaluator.Evaluator(config, workdir)
   if FLAGS.raw_pixels:
     name, metrics = 'raw_pixels', evaluate.raw_pixels()
   else:
     step, state = _state(config, workdir, evaluate.mesh)
     name, metrics = str(step), evaluate(state, step)
-  path = workdir / f'eval_{name}.json'
+  path = workdir / f'eval_{name}{suffix}.json'
   if jax.process_index() == 0:
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + '\n')
   logging.info('Wrote %s: %s', path, metrics)

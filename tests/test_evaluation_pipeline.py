@@ -138,9 +138,24 @@ def test_cli_baseline_rows(trained, flag, output):
   assert set(metrics) == PROBE_KEYS | KNN_KEYS
 
 
+def test_cli_set_changes_one_eval_setting_and_keeps_other_results(trained):
+  workdir, state, _ = trained
+  default_result = workdir / f'eval_{int(state.step)}.json'
+  default_result.write_text('{"kept": true}')
+  run_cli(f'--workdir={workdir}', '--set=feature=bn_crelu_feat', '--set=probe_epochs=1')
+  metrics = json.loads(
+      (workdir / f'eval_{int(state.step)}_feature-bn_crelu_feat_probe_epochs-1.json').read_text())
+  assert set(metrics) == PROBE_KEYS | KNN_KEYS
+  assert json.loads(default_result.read_text()) == {'kept': True}
+  assert train.load_config(workdir).eval.feature == 'avepool_feat'  # config.json is untouched.
+
+
 @pytest.mark.parametrize('args,message', [
     (['--step=3'], 'No checkpoint for step 3 in '),
     (['--init', '--raw_pixels'], 'Pass at most one of --step, --init and --raw_pixels.'),
+    (['--set=epochs=3'], '--set=epochs=3 must be KEY=VALUE with KEY one of batch_size, '),
+    (['--set=probe_epochs=many'], "--set=probe_epochs=many: 'many' is not a valid int for probe_epochs."),
+    (['--set=feature=pixels'], "eval.feature='pixels' is not supported; "),
 ])
 def test_cli_usage_errors(trained, args, message):
   workdir, _, _ = trained
