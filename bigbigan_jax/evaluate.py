@@ -50,7 +50,8 @@ def _apply_eval_settings(config, settings: list[str]) -> str:
     try:
       config.eval[key] = value if kind is str else kind(value)
     except ValueError:
-      raise UsageError(f'--set={setting}: {value!r} is not a valid {kind.__name__} for {key}.') from None
+      raise UsageError(
+          f'--set={setting}: {value!r} is not a valid {kind.__name__} for {key}.') from None
     suffix += '_' + re.sub(r'[^A-Za-z0-9._]+', '-', f'{key}-{value}').strip('-')
   return suffix
 
