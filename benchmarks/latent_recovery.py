@@ -2,12 +2,11 @@
 
   python benchmarks/latent_recovery.py --workdir=runs/fashion_mnist
 
-Two measures of z against E(G(z)) (z_mean, EMA G with standing statistics), over 4096 latents;
-row 0 is the freshly initialised networks of the same config:
-- diag corr: the mean over dimensions i of corr(E(G(z))_i, z_i). BiGAN's optimum is E = G^-1,
-  so it tends to 1; at init it is near 0, each dimension's sign being random.
-- R^2: a linear least-squares map from E(G(z)) to z fitted on one half and scored on the other.
-  It credits any linear trace of z, which random networks already keep.
+Two measures (bigbigan_jax/evaluation/latent_metrics.py) of z against E(G(z)) (z_mean, EMA G
+with standing statistics), over 4096 latents; row 0 is the freshly initialised networks of the
+same config:
+- diag corr: the mean over dimensions i of corr(E(G(z))_i, z_i), 1 at BiGAN's optimum E = G^-1;
+- R^2: a linear map from E(G(z)) to z fitted on one half of the latents, scored on the other.
 """
 
 import jax
@@ -15,26 +14,12 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bigbigan_jax import inference, parallel, train, train_step
+from bigbigan_jax import inference, parallel, train
+from bigbigan_jax.evaluation.latent_metrics import diagonal_correlation, heldout_r2
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A training run directory.', required=True)
 flags.DEFINE_integer('num_latents', 4096, 'Latents drawn (half to fit, half to score).')
-
-
-def heldout_r2(z: np.ndarray, z_hat: np.ndarray) -> float:
-  half = len(z) // 2
-  features = np.concatenate([z_hat, np.ones((len(z), 1))], axis=1)
-  coef, *_ = np.linalg.lstsq(features[:half], z[:half], rcond=None)
-  residual = z[half:] - features[half:] @ coef
-  return float(1.0 - residual.var(axis=0).mean() / z[half:].var(axis=0).mean())
-
-
-def diagonal_correlation(z: np.ndarray, z_hat: np.ndarray) -> np.ndarray:
-  """corr(z_hat_i, z_i) for each latent dimension i."""
-  zc = (z - z.mean(0)) / z.std(0)
-  hc = (z_hat - z_hat.mean(0)) / np.maximum(z_hat.std(0), 1e-12)
-  return (zc * hc).mean(0)
 
 
 def latent_recovery(config, model: inference.BigBiGAN, state) -> str:
@@ -59,8 +44,7 @@ def main(argv):
   config = train.load_config(FLAGS.workdir)
   model = inference.BigBiGAN(config)
   mesh = parallel.make_mesh()
-  init = train_step.init_state(config, jax.random.PRNGKey(config.seed))
-  print(f'step 0 (init): {latent_recovery(config, model, init)}')
+  print(f'step 0 (init): {latent_recovery(config, model, train.initial_state(config, mesh))}')
   manager = train.checkpoint_manager(epath.Path(FLAGS.workdir).absolute(), config)
   for step in manager.all_steps():
     state = train.restore(manager, step, config, mesh)

@@ -23,21 +23,26 @@ def _positive(config, *fields):
 
 
 def validate_eval(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ConfigError for a bad `config.eval` setting."""
+  """Raises ConfigError for what evaluating a run needs: its models, grids and `config.eval`.
+
+  The training batch is not checked, so a run evaluates on any device count.
+  """
   try:
+    bigbigan.check_model_config(config)
     parallel.check_global_batch(config.eval.batch_size, num_devices, 'eval.batch_size')
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if config.eval.feature not in EVAL_FEATURES:
     raise ConfigError(f'eval.feature={config.eval.feature!r} is not supported; '
                       f'use one of {EVAL_FEATURES}.')
+  if int(config.num_grid_images ** 0.5) ** 2 != config.num_grid_images:
+    raise ConfigError(f'num_grid_images={config.num_grid_images} must be a square number.')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
   """Raises ConfigError for the first problem found."""
   validate_eval(config, num_devices)
   try:
-    bigbigan.check_model_config(config)
     parallel.check_global_batch(config.batch_size, num_devices)
     losses.active_terms(config.loss.use_sx, config.loss.use_sz)
     if config.loss.reduction not in losses.REDUCTIONS:
@@ -56,5 +61,3 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   if config.data.augment not in AUGMENTATIONS:
     raise ConfigError(f'data.augment={config.data.augment!r} is not supported; '
                       f'use one of {AUGMENTATIONS}.')
-  if int(config.num_grid_images ** 0.5) ** 2 != config.num_grid_images:
-    raise ConfigError(f'num_grid_images={config.num_grid_images} must be a square number.')

@@ -80,7 +80,6 @@ def _evaluate(workdir):
   workdir = epath.Path(workdir).absolute()  # Orbax restores from absolute paths only.
   config = train.load_config(workdir)
   suffix = _apply_eval_settings(config, FLAGS.set)
-  config_checks.validate_eval(config, jax.device_count())
   evaluate = evaluator.Evaluator(config, workdir)
   if FLAGS.raw_pixels:
     name, metrics = 'raw_pixels', evaluate.raw_pixels()

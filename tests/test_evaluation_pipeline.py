@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from absl.testing import flagsaver
 
-from bigbigan_jax import default_config, evaluate, parallel, train, train_step
+from bigbigan_jax import config_checks, default_config, evaluate, parallel, train, train_step
 from bigbigan_jax.evaluation import evaluator, features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +105,14 @@ def test_no_inception_weights_logs_how_to_enable_fid(tmp_path, monkeypatch, capl
   with caplog.at_level(logging.INFO):
     assert evaluator.Evaluator(tiny(), tmp_path).inception is None
   assert 'FID/IS skipped: no Inception weights; set --config.eval.inception_weights' in caplog.text
+
+
+def test_evaluator_ignores_the_training_batch_of_another_device_count(tmp_path):
+  c = tiny()
+  c.batch_size = 6  # Not a multiple of the 4 test devices: training would refuse it.
+  with pytest.raises(config_checks.ConfigError):
+    config_checks.validate(c, num_devices=4)
+  assert evaluator.Evaluator(c, tmp_path).mesh.size == 4
 
 
 class _TinyInception(nn.Module):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigbigan_jax import default_config, inference, parallel, train_step
+from bigbigan_jax.evaluation import latent_metrics
 from bigbigan_jax.models import bigbigan
 
 BATCH = 16
@@ -35,10 +36,8 @@ def latent_correlation(generator, model, state, z_dim):
   z = jax.random.normal(jax.random.PRNGKey(123), (1024, z_dim))
   x = jnp.concatenate([generate(generator, state.g_params, state.g_spectral, chunk)
                        for chunk in z.reshape(-1, 64, z_dim)])
-  z_hat = np.asarray(model.encode(state.e_params, state.e_batch_stats, x)['z_mean'])
-  z = np.asarray(z)
-  z_c, z_hat_c = z - z.mean(0), z_hat - z_hat.mean(0)
-  return (z_c * z_hat_c).mean(0) / np.maximum(z.std(0) * z_hat.std(0), 1e-12)
+  z_hat = model.encode(state.e_params, state.e_batch_stats, x)['z_mean']
+  return latent_metrics.diagonal_correlation(np.asarray(z), np.asarray(z_hat))
 
 
 def generate(generator, g_params, g_spectral, z):

@@ -43,14 +43,15 @@ Extract = Callable[..., features_lib.Features]
 class Evaluator:
   """`evaluator(state, step, writer=None)` runs every evaluation and returns flat float metrics.
 
-  Construction checks the config (config_checks.ConfigError) and loads the Inception weights.
+  Construction checks what evaluation needs of the config (config_checks.ConfigError, on any
+  device count) and loads the Inception weights.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
     self.config = config
     self.workdir = epath.Path(workdir)
     self.mesh = parallel.make_mesh()
-    config_checks.validate(config, self.mesh.size, jax.process_count())
+    config_checks.validate_eval(config, self.mesh.size)
     self.extractor = features_lib.FeatureExtractor(config, self.mesh)
     self.model = inference.BigBiGAN(config)
     self.inception = self._inception_variables()
