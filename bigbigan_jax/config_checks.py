@@ -35,6 +35,8 @@ def validate_eval(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.eval.feature not in EVAL_FEATURES:
     raise ConfigError(f'eval.feature={config.eval.feature!r} is not supported; '
                       f'use one of {EVAL_FEATURES}.')
+  if config.eval.init_bn_batches < 0:
+    raise ConfigError(f'eval.init_bn_batches={config.eval.init_bn_batches} must be 0 or more.')
   if int(config.num_grid_images ** 0.5) ** 2 != config.num_grid_images:
     raise ConfigError(f'num_grid_images={config.num_grid_images} must be a square number.')
 

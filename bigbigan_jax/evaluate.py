@@ -3,7 +3,8 @@
 Restores a checkpoint (default: the newest) with the run's config.json, runs the Evaluator
 (linear probe, k-NN, FID/IS when Inception weights are given, grids) and writes the metrics to
 `<workdir>/eval_<step>.json`. `--init` evaluates the run's freshly initialised state instead
-(written as eval_0.json), `--raw_pixels` the raw-pixel baseline (eval_raw_pixels.json).
+(written as eval_0.json; E's BatchNorm statistics, placeholders at initialisation, are first
+measured on `eval.init_bn_batches` train batches), `--raw_pixels` the raw-pixel baseline (eval_raw_pixels.json).
 
 `--set=KEY=VALUE` (repeatable) changes one of the run's `config.eval` settings for this
 evaluation only, e.g. `--set=feature=bn_crelu_feat` or `--set=inception_weights=fid.npz`; the
@@ -20,7 +21,7 @@ from absl import app, flags, logging
 from etils import epath
 
 from bigbigan_jax import config_checks, parallel, train
-from bigbigan_jax.evaluation import evaluator
+from bigbigan_jax.evaluation import encoder_statistics, evaluator
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
@@ -59,7 +60,12 @@ def _apply_eval_settings(config, settings: list[str]) -> str:
 def _state(config, workdir, mesh):
   """(step, state) to evaluate, from a checkpoint or the initialisation."""
   if FLAGS.init:
-    return 0, train.initial_state(config, mesh)
+    state = train.initial_state(config, mesh)
+    if config.eval.init_bn_batches:
+      state = state.replace(e_batch_stats=encoder_statistics.measure(
+          config, mesh, state.e_params, state.e_batch_stats, config.data.train_split,
+          config.eval.init_bn_batches))
+    return 0, state
   manager = train.checkpoint_manager(workdir, config)
   steps = sorted(manager.all_steps())
   if not steps:

@@ -20,7 +20,8 @@ from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bigbigan_jax import config_checks, inference, input_pipeline, parallel, train_step
+from bigbigan_jax import (config_checks, default_config, inference, input_pipeline, parallel,
+                          train_step)
 from bigbigan_jax.evaluation import grids
 
 STANDING_STATS_BATCH = 256  # G forward passes for standing statistics run replicated.
@@ -188,8 +189,19 @@ def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved beside its checkpoints."""
+  """The config a run saved beside its checkpoints; settings added since take their defaults."""
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(f'No config.json in {workdir}; point --workdir at a training run.')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  _fill_missing(config, default_config.base_config())
+  return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key],
+                                                                     ml_collections.ConfigDict):
+      _fill_missing(config[key], value)

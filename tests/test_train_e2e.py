@@ -1,5 +1,6 @@
 """The training program end to end on mock ImageNet: outputs, checkpoints and exact resume."""
 
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,15 @@ def test_run_writes_events_grids_checkpoints_and_config(uninterrupted):
   assert train.load_config(workdir).num_train_steps == 4
 
 
+def test_a_saved_config_gains_settings_added_since_at_their_defaults(tmp_path):
+  saved = default_config.tiny_config(num_train_steps=7).to_dict()
+  del saved['eval']['init_bn_batches']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = train.load_config(tmp_path)
+  assert config.num_train_steps == 7  # Saved values win.
+  assert config.eval.init_bn_batches == default_config.base_config().eval.init_bn_batches
+
+
 def test_stopped_and_restarted_run_equals_uninterrupted_run(uninterrupted, tmp_path):
   _, expected = uninterrupted
   first = run(tiny(2), tmp_path)
@@ -75,6 +85,7 @@ def test_finished_run_is_not_trained_again(uninterrupted):
     ('optim__ema_decay', 1.5, 'optim.ema_decay=1.5 must be in [0, 1)'),
     ('num_grid_images', 10, 'num_grid_images=10 must be a square number'),
     ('encoder__head_depth', 3, 'encoder.head_depth=3 must be even'),
+    ('eval__init_bn_batches', -1, 'eval.init_bn_batches=-1 must be 0 or more'),
 ])
 def test_config_validation_errors(field, value, message):
   with pytest.raises(config_checks.ConfigError) as info:

@@ -1,0 +1,72 @@
+"""E's BatchNorm population statistics, measured on data.
+
+A freshly initialised E holds placeholder running averages (mean 0, variance 1) that no data
+has touched. In inference mode they switch its normalisation off, so the network evaluated is
+not the one training starts from (which normalises with batch statistics). `measure` replaces
+every running average by the statistics of whole batches of a split.
+"""
+
+import copy
+import itertools
+from typing import Any, Iterable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding
+
+from bigbigan_jax import input_pipeline, parallel
+from bigbigan_jax.models import bigbigan
+
+Moments = dict[tuple[str, ...], np.ndarray]  # Flattened batch_stats: (..., 'mean'|'var') keys.
+
+
+def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batch_stats: Any,
+            split: str, num_batches: int) -> Any:
+  """E's batch_stats measured over the first `num_batches` eval batches of `split`."""
+  batch_size = config.eval.batch_size
+  batches = input_pipeline.eval_iterator(config, split, batch_size,
+                                         num_examples=num_batches * batch_size)
+  full = itertools.takewhile(lambda b: np.min(b['mask']) > 0, batches)  # Padding would count.
+  stats = measure_batches(config, mesh, e_params, e_batch_stats, (b['image_e'] for b in full))
+  if stats is None:
+    raise ValueError(f'Split {split!r} has no full batch of {batch_size} examples to measure '
+                     "E's BatchNorm statistics on.")
+  return stats
+
+
+def measure_batches(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any,
+                    e_batch_stats: Any, images: Iterable[np.ndarray]) -> Any:
+  """E's batch_stats pooled over equal-sized host batches of E-view images (None: no batch)."""
+  measuring = copy.deepcopy(config)
+  measuring.model.bn_momentum = 0.0  # A train-mode pass then stores exactly its batch's moments.
+  encoder = bigbigan.build_models(measuring).encoder
+
+  @jax.jit
+  def batch_moments(params, batch_stats, x):
+    _, new = encoder.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                           mutable=['batch_stats'])
+    return new['batch_stats']
+
+  device_images = parallel.prefetch_to_mesh(mesh, images, config.data.prefetch,
+                                            parallel.EVAL_BATCH)
+  moments = [traverse_util.flatten_dict(jax.device_get(batch_moments(e_params, e_batch_stats, x)))
+             for x in device_images]
+  if not moments:
+    return None
+  dtypes = {k: v.dtype for k, v in traverse_util.flatten_dict(e_batch_stats).items()}
+  stats = {k: v.astype(dtypes[k]) for k, v in pool_moments(moments).items()}
+  return jax.device_put(traverse_util.unflatten_dict(stats),
+                        NamedSharding(mesh, parallel.REPLICATED))
+
+
+def pool_moments(moments: Sequence[Moments]) -> Moments:
+  """Mean and variance of the union of equal-sized groups, from each group's mean and variance."""
+  mean = {k: np.mean([m[k] for m in moments], axis=0) for k in moments[0] if k[-1] == 'mean'}
+  pooled = dict(mean)
+  for k in mean:
+    var = k[:-1] + ('var',)
+    second = np.mean([m[var] + m[k] ** 2 for m in moments], axis=0)
+    pooled[var] = second - mean[k] ** 2
+  return pooled
