@@ -4,7 +4,7 @@
 
 Two measures (bigbigan_jax/evaluation/latent_metrics.py) of z against E(G(z)) (z_mean, EMA G
 with standing statistics), over 4096 latents; row 0 is the freshly initialised networks of the
-same config:
+same config, E's BatchNorm statistics measured on train images as `evaluate --init` does:
 - diag corr: the mean over dimensions i of corr(E(G(z))_i, z_i), 1 at BiGAN's optimum E = G^-1;
 - R^2: a linear map from E(G(z)) to z fitted on one half of the latents, scored on the other.
 """
@@ -15,6 +15,7 @@ from absl import app, flags
 from etils import epath
 
 from bigbigan_jax import inference, parallel, train
+from bigbigan_jax.evaluation import encoder_statistics
 from bigbigan_jax.evaluation.latent_metrics import diagonal_correlation, heldout_r2
 
 FLAGS = flags.FLAGS
@@ -44,7 +45,9 @@ def main(argv):
   config = train.load_config(FLAGS.workdir)
   model = inference.BigBiGAN(config)
   mesh = parallel.make_mesh()
-  print(f'step 0 (init): {latent_recovery(config, model, train.initial_state(config, mesh))}')
+  initial = encoder_statistics.with_measured_statistics(config, mesh,
+                                                        train.initial_state(config, mesh))
+  print(f'step 0 (init): {latent_recovery(config, model, initial)}')
   manager = train.checkpoint_manager(epath.Path(FLAGS.workdir).absolute(), config)
   for step in manager.all_steps():
     state = train.restore(manager, step, config, mesh)

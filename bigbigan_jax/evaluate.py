@@ -60,12 +60,8 @@ def _apply_eval_settings(config, settings: list[str]) -> str:
 def _state(config, workdir, mesh):
   """(step, state) to evaluate, from a checkpoint or the initialisation."""
   if FLAGS.init:
-    state = train.initial_state(config, mesh)
-    if config.eval.init_bn_batches:
-      state = state.replace(e_batch_stats=encoder_statistics.measure(
-          config, mesh, state.e_params, state.e_batch_stats, config.data.train_split,
-          config.eval.init_bn_batches))
-    return 0, state
+    return 0, encoder_statistics.with_measured_statistics(config, mesh,
+                                                          train.initial_state(config, mesh))
   manager = train.checkpoint_manager(workdir, config)
   steps = sorted(manager.all_steps())
   if not steps:

@@ -64,3 +64,9 @@ def test_measure_stops_at_the_first_padded_batch(monkeypatch):
   masks[0] = masks[3]
   with pytest.raises(ValueError, match=f'no full batch of {c.eval.batch_size}'):
     encoder_statistics.measure(c, mesh, state.e_params, state.e_batch_stats, 'train', 4)
+
+
+def test_zero_init_bn_batches_keep_the_placeholders():
+  c, state, mesh = initial()
+  c.eval.init_bn_batches = 0
+  assert encoder_statistics.with_measured_statistics(c, mesh, state) is state

@@ -22,6 +22,15 @@ from bigbigan_jax.models import bigbigan
 Moments = dict[tuple[str, ...], np.ndarray]  # Flattened batch_stats: (..., 'mean'|'var') keys.
 
 
+def with_measured_statistics(config: ml_collections.ConfigDict, mesh: Mesh, state: Any) -> Any:
+  """A TrainState with E's statistics measured on `eval.init_bn_batches` train batches (0: as is)."""
+  if not config.eval.init_bn_batches:
+    return state
+  return state.replace(e_batch_stats=measure(config, mesh, state.e_params, state.e_batch_stats,
+                                             config.data.train_split,
+                                             config.eval.init_bn_batches))
+
+
 def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batch_stats: Any,
             split: str, num_batches: int) -> Any:
   """E's batch_stats measured over the first `num_batches` eval batches of `split`."""
