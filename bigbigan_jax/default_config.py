@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_eval_examples = 0  # Linear-probe test examples (0 = the whole split).
   c.eval.feature = 'avepool_feat'  # 'avepool_feat' or 'bn_crelu_feat'.
   c.eval.batch_size = 512  # Feature extraction batch.
-  c.eval.init_bn_batches = 20  # --init: train batches measuring E's BatchNorm statistics (0 = placeholders).
+  c.eval.init_bn_batches = 20  # --init: train batches measuring E's BN statistics (0: keep).
   c.eval.probe_epochs = 30  # Linear-probe epochs.
   c.eval.num_fid_samples = 50_000  # Samples for FID/IS (paper: 50K).
   c.eval.inception_weights = ''  # Local .npz of Inception-v3 weights; empty = skip FID/IS.

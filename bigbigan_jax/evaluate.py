@@ -4,7 +4,8 @@ Restores a checkpoint (default: the newest) with the run's config.json, runs the
 (linear probe, k-NN, FID/IS when Inception weights are given, grids) and writes the metrics to
 `<workdir>/eval_<step>.json`. `--init` evaluates the run's freshly initialised state instead
 (written as eval_0.json; E's BatchNorm statistics, placeholders at initialisation, are first
-measured on `eval.init_bn_batches` train batches), `--raw_pixels` the raw-pixel baseline (eval_raw_pixels.json).
+measured on `eval.init_bn_batches` train batches), `--raw_pixels` the raw-pixel baseline
+(eval_raw_pixels.json).
 
 `--set=KEY=VALUE` (repeatable) changes one of the run's `config.eval` settings for this
 evaluation only, e.g. `--set=feature=bn_crelu_feat` or `--set=inception_weights=fid.npz`; the

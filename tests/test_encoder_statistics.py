@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigbigan_jax import default_config, parallel, train_step
+from bigbigan_jax import config_checks, default_config, parallel, train_step
 from bigbigan_jax.evaluation import encoder_statistics
 from bigbigan_jax.models import bigbigan
 
@@ -33,7 +33,7 @@ def test_statistics_of_one_batch_make_inference_equal_training_on_it():
   infer = lambda stats: encoder.apply({'params': state.e_params, 'batch_stats': stats}, x,
                                       train=False)
   measured = encoder_statistics.measure_batches(c, mesh, state.e_params, state.e_batch_stats,
-                                                [x])
+                                                [{'image_e': x, 'mask': np.ones(8, np.float32)}])
   for feature in ('avepool_feat', 'bn_crelu_feat', 'z_mean'):
     np.testing.assert_allclose(infer(measured)[feature], trained[feature], rtol=1e-3, atol=1e-3)
   # The placeholders (mean 0, variance 1) compute a different network.
@@ -55,14 +55,16 @@ def test_measure_stops_at_the_first_padded_batch(monkeypatch):
 
   monkeypatch.setattr(encoder_statistics.input_pipeline, 'eval_iterator', eval_iterator)
   measured = encoder_statistics.measure(c, mesh, state.e_params, state.e_batch_stats, 'train', 4)
-  expected = encoder_statistics.measure_batches(c, mesh, state.e_params, state.e_batch_stats,
-                                                images[:3])
+  expected = encoder_statistics.measure_batches(
+      c, mesh, state.e_params, state.e_batch_stats,
+      [{'image_e': x, 'mask': np.ones(shape[0], np.float32)} for x in images[:3]])
   assert asked == [('train', c.eval.batch_size, 4 * c.eval.batch_size)]
   for a, b in zip(jax.tree.leaves(measured), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
   masks[0] = masks[3]
-  with pytest.raises(ValueError, match=f'no full batch of {c.eval.batch_size}'):
+  with pytest.raises(config_checks.ConfigError,
+                     match=f'no full batch of eval.batch_size={c.eval.batch_size}'):
     encoder_statistics.measure(c, mesh, state.e_params, state.e_batch_stats, 'train', 4)
 
 

@@ -7,23 +7,24 @@ every running average by the statistics of whole batches of a split.
 """
 
 import copy
-import itertools
+import functools
 from typing import Any, Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 
-from bigbigan_jax import input_pipeline, parallel
+from bigbigan_jax import config_checks, input_pipeline, parallel
 from bigbigan_jax.models import bigbigan
 
 Moments = dict[tuple[str, ...], np.ndarray]  # Flattened batch_stats: (..., 'mean'|'var') keys.
 
 
 def with_measured_statistics(config: ml_collections.ConfigDict, mesh: Mesh, state: Any) -> Any:
-  """A TrainState with E's statistics measured on `eval.init_bn_batches` train batches (0: as is)."""
+  """`state` with E's BN statistics measured on `eval.init_bn_batches` train batches (0: as is)."""
   if not config.eval.init_bn_batches:
     return state
   return state.replace(e_batch_stats=measure(config, mesh, state.e_params, state.e_batch_stats,
@@ -37,31 +38,35 @@ def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batc
   batch_size = config.eval.batch_size
   batches = input_pipeline.eval_iterator(config, split, batch_size,
                                          num_examples=num_batches * batch_size)
-  full = itertools.takewhile(lambda b: np.min(b['mask']) > 0, batches)  # Padding would count.
-  stats = measure_batches(config, mesh, e_params, e_batch_stats, (b['image_e'] for b in full))
+  stats = measure_batches(config, mesh, e_params, e_batch_stats, batches)
   if stats is None:
-    raise ValueError(f'Split {split!r} has no full batch of {batch_size} examples to measure '
-                     "E's BatchNorm statistics on.")
+    raise config_checks.ConfigError(
+        f'Split {split!r} has no full batch of eval.batch_size={batch_size} examples to measure '
+        "E's BatchNorm statistics on.")
   return stats
 
 
 def measure_batches(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any,
-                    e_batch_stats: Any, images: Iterable[np.ndarray]) -> Any:
-  """E's batch_stats pooled over equal-sized host batches of E-view images (None: no batch)."""
+                    e_batch_stats: Any, batches: Iterable[dict[str, np.ndarray]]) -> Any:
+  """E's batch_stats pooled over this process's eval batches (`image_e`, `mask`), stopping at the
+  first one with padding, which would count; None when there is no full batch."""
   measuring = copy.deepcopy(config)
   measuring.model.bn_momentum = 0.0  # A train-mode pass then stores exactly its batch's moments.
   encoder = bigbigan.build_models(measuring).encoder
 
-  @jax.jit
-  def batch_moments(params, batch_stats, x):
-    _, new = encoder.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
-                           mutable=['batch_stats'])
-    return new['batch_stats']
+  @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, parallel.REPLICATED))
+  def batch_moments(params, batch_stats, batch):
+    _, new = encoder.apply({'params': params, 'batch_stats': batch_stats}, batch['image_e'],
+                           train=True, mutable=['batch_stats'])
+    return new['batch_stats'], jnp.min(batch['mask'])  # The global minimum: every process stops.
 
-  device_images = parallel.prefetch_to_mesh(mesh, images, config.data.prefetch,
-                                            parallel.EVAL_BATCH)
-  moments = [traverse_util.flatten_dict(jax.device_get(batch_moments(e_params, e_batch_stats, x)))
-             for x in device_images]
+  moments = []
+  for batch in parallel.prefetch_to_mesh(mesh, batches, config.data.prefetch,
+                                         parallel.EVAL_BATCH):
+    stats, full = jax.device_get(batch_moments(e_params, e_batch_stats, batch))
+    if full < 1:
+      break
+    moments.append(traverse_util.flatten_dict(stats))
   if not moments:
     return None
   dtypes = {k: v.dtype for k, v in traverse_util.flatten_dict(e_batch_stats).items()}
