@@ -8,6 +8,7 @@ from bigbigan_jax import config_checks, default_config, parallel, train_step
 from bigbigan_jax.evaluation import encoder_statistics
 from bigbigan_jax.models import bigbigan
 
+
 def initial():
   c = default_config.tiny_config()
   return c, train_step.init_state(c, jax.random.PRNGKey(0)), parallel.make_mesh()
@@ -28,16 +29,16 @@ def test_statistics_of_one_batch_make_inference_equal_training_on_it():
   x = np.random.default_rng(1).uniform(-1, 1, (8, c.encoder.resolution, c.encoder.resolution,
                                                c.data.num_channels)).astype(np.float32)
   encoder = bigbigan.build_models(c).encoder
-  trained, _ = encoder.apply({'params': state.e_params, 'batch_stats': state.e_batch_stats}, x,
-                             train=True, mutable=['batch_stats'])
+  training, _ = encoder.apply({'params': state.e_params, 'batch_stats': state.e_batch_stats}, x,
+                              train=True, mutable=['batch_stats'])
   infer = lambda stats: encoder.apply({'params': state.e_params, 'batch_stats': stats}, x,
                                       train=False)
   measured = encoder_statistics.measure_batches(c, mesh, state.e_params, state.e_batch_stats,
                                                 [{'image_e': x, 'mask': np.ones(8, np.float32)}])
   for feature in ('avepool_feat', 'bn_crelu_feat', 'z_mean'):
-    np.testing.assert_allclose(infer(measured)[feature], trained[feature], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(infer(measured)[feature], training[feature], rtol=1e-3, atol=1e-3)
   # The placeholders (mean 0, variance 1) compute a different network.
-  assert not np.allclose(infer(state.e_batch_stats)['avepool_feat'], trained['avepool_feat'],
+  assert not np.allclose(infer(state.e_batch_stats)['avepool_feat'], training['avepool_feat'],
                          rtol=1e-2, atol=1e-2)
 
 
