@@ -9,11 +9,11 @@
 #
 #   benchmarks/fashion_mnist_probe.sh          (from the repository root)
 #
-# PYTHON (default .venv/bin/python) and LONG_STEPS (default 12000) can be overridden.
+# PYTHON (default .venv/bin/python) and LONG_STEPS (default 16000) can be overridden.
 set -euo pipefail
 
 PY=${PYTHON:-.venv/bin/python}
-LONG_STEPS=${LONG_STEPS:-12000}
+LONG_STEPS=${LONG_STEPS:-16000}
 CONFIG=configs/fashion_mnist.py
 SHORT=runs/fashion_mnist
 LONG=runs/fm_elr10_long
