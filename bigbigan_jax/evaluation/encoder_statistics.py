@@ -38,7 +38,8 @@ def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batc
   batch_size = config.eval.batch_size
   batches = input_pipeline.eval_iterator(config, split, batch_size,
                                          num_examples=num_batches * batch_size)
-  stats = measure_batches(config, mesh, e_params, e_batch_stats, batches)
+  needed = ({'image_e': b['image_e'], 'mask': b['mask']} for b in batches)  # Not D's view.
+  stats = measure_batches(config, mesh, e_params, e_batch_stats, needed)
   if stats is None:
     raise config_checks.ConfigError(
         f'Split {split!r} has no full batch of eval.batch_size={batch_size} examples to measure '
@@ -63,10 +64,10 @@ def measure_batches(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any
   moments = []
   for batch in parallel.prefetch_to_mesh(mesh, batches, config.data.prefetch,
                                          parallel.EVAL_BATCH):
-    stats, full = jax.device_get(batch_moments(e_params, e_batch_stats, batch))
+    batch_stats, full = jax.device_get(batch_moments(e_params, e_batch_stats, batch))
     if full < 1:
       break
-    moments.append(traverse_util.flatten_dict(stats))
+    moments.append(traverse_util.flatten_dict(batch_stats))
   if not moments:
     return None
   dtypes = {k: v.dtype for k, v in traverse_util.flatten_dict(e_batch_stats).items()}
