@@ -1,4 +1,5 @@
-"""Test-wide settings: four fake CPU devices and the persistent compilation cache."""
+"""Test-wide settings: four fake CPU devices and the persistent compilation cache; one tiny
+trained run shared by every test that needs a finished run."""
 
 import os
 
@@ -12,3 +13,37 @@ _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 jax.config.update('jax_compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR', _CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 jax.config.update('jax_platforms', 'cpu')
+
+
+import pytest  # noqa: E402
+
+
+def tiny_training_config(steps: int):
+  """The tiny config trained on mock ImageNet for `steps` steps, checkpointing every 2."""
+  from bigbigan_jax import default_config  # pylint: disable=g-import-not-at-top
+  c = default_config.tiny_config(num_train_steps=steps, checkpoint_every_steps=2,
+                                 image_every_steps=2, log_every_steps=1)
+  c.data.shuffle_buffer = 16
+  return c
+
+
+def train_on_mock_data(config, workdir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from bigbigan_jax import train  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=64):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """(workdir, final state) of a 4-step tiny run with checkpoints at steps 2 and 4.
+
+  Tests must not change the workdir; copy it first (shutil.copytree) to modify it.
+  """
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  cwd = os.getcwd()
+  os.chdir(workdir.parent)
+  try:  # A relative --workdir, as `runs/<config name>` is.
+    return workdir, jax.device_get(train_on_mock_data(tiny_training_config(4), workdir.name))
+  finally:
+    os.chdir(cwd)

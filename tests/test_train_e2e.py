@@ -8,7 +8,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from etils import epath
 
 from bigbigan_jax import config_checks, default_config, train
@@ -16,27 +15,12 @@ from bigbigan_jax import config_checks, default_config, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny(steps):
-  c = default_config.tiny_config(num_train_steps=steps, checkpoint_every_steps=2,
-                                 image_every_steps=2, log_every_steps=1)
-  c.data.shuffle_buffer = 16
-  return c
+from conftest import tiny_training_config as tiny, train_on_mock_data as run
 
 
-def run(config, workdir):
-  with tfds.testing.mock_data(num_examples=64):
-    return train.train_and_evaluate(config, str(workdir))
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  cwd = os.getcwd()
-  os.chdir(workdir.parent)
-  try:  # A relative --workdir, as `runs/<config name>` is.
-    return workdir, jax.device_get(run(tiny(4), workdir.name))
-  finally:
-    os.chdir(cwd)
+@pytest.fixture
+def uninterrupted(tiny_run):
+  return tiny_run
 
 
 def test_run_writes_events_grids_checkpoints_and_config(uninterrupted):
