@@ -1,5 +1,8 @@
 """Checks a run config before anything compiles; every failure is one sentence naming the fix."""
 
+import json
+import math
+
 import ml_collections
 
 from bigbigan_jax import losses, parallel
@@ -13,13 +16,32 @@ class ConfigError(ValueError):
   """A config a user can fix; main prints the message alone, without a traceback."""
 
 
+def _get(config, field):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  return value
+
+
 def _positive(config, *fields):
   for field in fields:
-    value = config
-    for part in field.split('.'):
-      value = value[part]
-    if value <= 0:
-      raise ConfigError(f'{field}={value} must be positive.')
+    value = _get(config, field)
+    if not (math.isfinite(value) and value > 0):  # NaN fails every comparison.
+      raise ConfigError(f'{field}={value} must be positive and finite.')
+
+
+def _fraction(config, *fields):
+  for field in fields:
+    value = _get(config, field)
+    if not 0.0 <= value < 1.0:
+      raise ConfigError(f'{field}={value} must be in [0, 1).')
+
+
+def _non_negative(config, *fields):
+  for field in fields:
+    value = _get(config, field)
+    if not (math.isfinite(value) and value >= 0):
+      raise ConfigError(f'{field}={value} must be a finite number, 0 or more.')
 
 
 def validate_eval(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -54,12 +76,50 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     raise ConfigError(str(e)) from None
   _positive(config, 'num_train_steps', 'optim.d_steps', 'log_every_steps', 'image_every_steps',
             'checkpoint_every_steps', 'keep_checkpoints', 'standing_stats_batches',
-            'optim.d_lr', 'optim.g_lr', 'optim.e_lr_mult')
+            'optim.d_lr', 'optim.g_lr', 'optim.e_lr_mult', 'optim.eps', 'model.sn_eps',
+            'model.bn_eps')
+  _fraction(config, 'optim.ema_decay', 'optim.b1', 'optim.b2', 'model.bn_momentum')
+  _non_negative(config, 'optim.ortho_reg', 'optim.ema_start')
   if config.batch_size % num_processes:
     raise ConfigError(f'batch_size={config.batch_size} must divide evenly over the '
                       f'{num_processes} processes.')
-  if not 0.0 <= config.optim.ema_decay < 1.0:
-    raise ConfigError(f'optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
   if config.data.augment not in AUGMENTATIONS:
     raise ConfigError(f'data.augment={config.data.augment!r} is not supported; '
                       f'use one of {AUGMENTATIONS}.')
+
+
+# Fields a resumed run may change freely: they change neither shapes nor what is trained.
+BOOKKEEPING = ('name', 'allow_changes', 'num_train_steps', 'log_every_steps', 'image_every_steps',
+               'checkpoint_every_steps', 'keep_checkpoints', 'num_grid_images',
+               'standing_stats_batches', 'eval', 'data.data_dir', 'data.prefetch',
+               'data.tf_threads')
+
+
+def _leaves(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_leaves(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _covered(field: str, names) -> bool:
+  return any(field == n or field.startswith(n + '.') for n in names)
+
+
+def validate_resume(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError when `config` changes a field of the run's saved config that is neither
+  bookkeeping nor listed in `config.allow_changes`."""
+  as_json = lambda c: json.loads(c.to_json_best_effort())
+  old, new = _leaves(as_json(saved)), _leaves(as_json(config))
+  allowed = BOOKKEEPING + tuple(filter(None, (n.strip() for n in config.allow_changes.split(','))))
+  changed = sorted(f for f in old.keys() | new.keys()
+                   if old.get(f) != new.get(f) and not _covered(f, allowed))
+  if changed:
+    shown = ', '.join(f'{f}={old.get(f)!r} -> {new.get(f)!r}' for f in changed[:4])
+    raise ConfigError(
+        f'This run was trained with a different config ({shown}{", ..." if len(changed) > 4 else ""}); '
+        f'resume with the saved config.json, start a new --workdir, or pass '
+        f'--config.allow_changes={",".join(changed)} to change them on purpose.')

@@ -12,6 +12,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'bigbigan'  # Run name; --workdir defaults to runs/<name>.
   c.seed = 0  # Seeds parameters, latents and the data order.
+  # Fields a resumed run may change besides the bookkeeping ones (comma-separated, a section
+  # name covers its fields), e.g. 'optim.d_lr,optim.g_lr'; others must match config.json.
+  c.allow_changes = ''
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'imagenet2012'  # TFDS name, 'fashion_mnist_local' or 'folder:<path>'.
@@ -145,7 +148,8 @@ def parse_arg(arg: str, allowed: dict[str, type]) -> dict[str, object]:
   for item in filter(None, (arg or '').split(',')):
     key, _, value = item.partition('=')
     if key not in allowed:
-      raise ValueError(f'Unknown config argument {key!r}; use some of {sorted(allowed)}.')
+      takes = f'it takes {", ".join(sorted(allowed))}' if allowed else 'it takes none'
+      raise ValueError(f'Unknown config argument {key!r}; {takes}.')
     kind = allowed[key]
     if kind is bool:
       if value.lower() not in ('true', 'false', '1', '0'):

@@ -1,7 +1,9 @@
 """Trains BigBiGAN: python -m bigbigan_jax.main --config=configs/imagenet128.py [--workdir=...]."""
 
 import os
+import re
 import sys
+from typing import Optional
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -13,30 +15,85 @@ flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, images);
                     'runs/<config name>.')
 flags.mark_flags_as_required(['config'])
 
+EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C.
 
-def _quiet_library_logs() -> None:
-  """Keeps orbax's per-save INFO lines out of the training log (warnings still show)."""
-  logging.get_absl_logger().addFilter(
-      lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
+
+def quiet_library_logs() -> None:
+  """Keeps other libraries' INFO lines (orbax, TFDS, JAX) out of the console unless
+  --verbosity=1 asks for them; their warnings show without tracebacks. Ours and clu's progress
+  and metric lines stay."""
+  if FLAGS.verbosity > 0:
+    return
+  own = (os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}')
+
+  def keep(record) -> bool:
+    if record.pathname.startswith(own[0]) or own[1] in record.pathname:
+      return True
+    record.exc_info = record.exc_text = None
+    return record.levelno >= logging.WARNING
+
+  logging.get_absl_handler().addFilter(keep)
+
+
+def _config_flag_problem(argv: list[str], error: BaseException) -> str:
+  """One sentence for a --config flag that cannot be used."""
+  while error.args and isinstance(error.args[0], BaseException):  # ml_collections nests them.
+    error = error.args[0]
+  text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+  if 'Failed loading config file' in text:
+    path = re.search(r'Attempted \[.*?\]:\s*(\S+)', text)
+    reason = re.search(r'\[Errno \d+\] ([^:\n]+)', text)
+    return (f'cannot load the config file {path.group(1) if path else ""} '
+            f'({reason.group(1) if reason else text.splitlines()[-1]}).')
+  unknown = re.search(r"'([^'\\]+)'.*Did you mean \"([^\"]+)\"", text, re.S)
+  if unknown:
+    used = next((a.split('=')[0] for a in argv if unknown.group(1) in a), unknown.group(1))
+    return f'{used} is not a config field; did you mean {unknown.group(2)}?'
+  if isinstance(error, (KeyError, AttributeError)):
+    used = next((a.split('=')[0] for a in argv if a.startswith('--config.')), '--config')
+    return f'{used} names no config field ({text.strip()}); see bigbigan_jax/default_config.py.'
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return f'{lines[0].rstrip(":")}: {lines[-1]}' if len(lines) > 1 else text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad --config reported in one line instead of a traceback."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.name  # Loads the config file, which config_flags defers. pylint: disable=pointless-statement
+  except (flags.Error, OSError, AttributeError, KeyError, ValueError, TypeError) as e:
+    sys.exit(f'error: {_config_flag_problem(argv, e)}')
+  return rest
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  _quiet_library_logs()
-  # Imported after flag parsing so that --help and flag errors stay fast.
+  quiet_library_logs()
+  run(FLAGS.config, FLAGS.workdir)
+
+
+def run(config, workdir: Optional[str]) -> None:
+  """Trains `config` in `workdir`; a problem the user can fix exits with one line."""
+  # Imported here so that --help and flag errors stay fast.
   from bigbigan_jax import config_checks, parallel, train  # pylint: disable=g-import-not-at-top
   from bigbigan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
 
   parallel.initialize_distributed()
-  workdir = FLAGS.workdir or os.path.join('runs', FLAGS.config.name)
+  workdir = workdir or os.path.join('runs', config.name)
   logging.info('Workdir: %s', workdir)
   try:
-    train.train_and_evaluate(FLAGS.config, workdir,
-                             evaluator.periodic_evaluator(FLAGS.config, workdir))
-  except (config_checks.ConfigError, FileNotFoundError) as e:
+    train.train_and_evaluate(config, workdir, evaluator.periodic_evaluator(config, workdir))
+  except train.Interrupted as e:
+    print(e, file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+  except KeyboardInterrupt:
+    print('Interrupted before a checkpoint could be saved; rerun the same command to resume '
+          'from the newest one.', file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+  except (config_checks.ConfigError, train.TrainingStopped, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,17 +1,20 @@
 """The training loop: build or restore the state, run the step, log, draw grids, checkpoint.
 
-A run is resumable: the newest checkpoint in `<workdir>/checkpoints` is restored and the input
-pipeline continues with the batch it would have served next. SIGTERM (preemptible TPUs) saves
-a checkpoint at the next step and stops.
+A run is resumable: the newest checkpoint in `<workdir>/checkpoints` that restores is used
+(unreadable newer ones are set aside, never deleted) and the input pipeline continues with the
+batch it would have served next. SIGTERM (preemptible TPUs) and Ctrl-C save a checkpoint at the
+next step and stop. Nothing non-finite is ever saved: a diverged run stops with the newest good
+checkpoint intact, and so does a run whose checkpoint save fails.
 """
 
 import itertools
 import json
 import os
 import signal
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -27,15 +30,29 @@ from bigbigan_jax.evaluation import grids
 STANDING_STATS_BATCH = 256  # G forward passes for standing statistics run replicated.
 
 
-class _StopFlag:
-  """Set by SIGTERM; the loop checkpoints and stops at the next step."""
+class TrainingStopped(Exception):
+  """A run that cannot go on (divergence, a failed save, no restorable checkpoint); main prints
+  the message alone."""
+
+
+class Interrupted(Exception):
+  """Ctrl-C: the checkpoint is saved; main prints the message and exits with 130."""
+
+
+class _StopSignals:
+  """Records SIGTERM and the first Ctrl-C; the loop checkpoints and stops at the next step.
+
+  A second Ctrl-C interrupts at once.
+  """
 
   def __init__(self):
-    self.requested = False
+    self.received = None
 
   def __call__(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    self.received = signum
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def checkpoint_manager(workdir: epath.Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -61,17 +78,138 @@ def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_st
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_state(config, mesh)))
 
 
+# What orbax and tensorstore raise for a checkpoint with missing or damaged files.
+UNREADABLE_CHECKPOINT = (OSError, ValueError, KeyError)
+
+
 def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.TrainState:
-  latest = manager.latest_step()
-  if latest is None:
+  """The newest checkpoint that restores, or the initial state when there is none.
+
+  Newer checkpoints that fail to restore are renamed `<step>.unreadable` (so that training can
+  save that step again) with a warning; nothing is deleted.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return initial_state(config, mesh)
-  logging.info('Restoring checkpoint at step %d from %s.', latest, manager.directory)
-  return restore(manager, latest, config, mesh)
+  problems = []
+  for step in steps:
+    logging.info('Restoring checkpoint at step %d from %s.', step, manager.directory)
+    # A reader of its own per attempt: a failed restore leaves a manager's item layout wrong.
+    reader = ocp.CheckpointManager(manager.directory,
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+      state = restore(reader, step, config, mesh)
+    except UNREADABLE_CHECKPOINT as e:
+      problems.append((step, _first_line(e)))
+      logging.warning('Checkpoint %d in %s cannot be restored (%s: %s); trying the one before.',
+                      step, manager.directory, type(e).__name__, _first_line(e))
+      continue
+    finally:
+      reader.close()
+    _set_aside(manager, [bad for bad, _ in problems])
+    return state
+  raise TrainingStopped(
+      f'No checkpoint in {manager.directory} restores (step {problems[0][0]}: '
+      f'{problems[0][1]}); nothing was deleted: restore a copy of the run or start a new '
+      f'--workdir.')
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip('.')
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    for step in steps:
+      path = epath.Path(manager.directory) / str(step)
+      path.rename(path.parent / f'{step}.unreadable')
+      logging.warning('Renamed the unreadable checkpoint %s to %s.unreadable.', path, step)
+  multihost_utils.sync_global_devices('checkpoints set aside')
+  manager.reload()
 
 
 def save_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
-  workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+
+def prepare_workdir(workdir: epath.Path) -> None:
+  """Creates the workdir, or says in one sentence why it cannot be used."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / '.write_test'
+    probe.write_text('')
+    probe.unlink()
+  except (FileExistsError, NotADirectoryError) as e:
+    raise config_checks.ConfigError(
+        f'--workdir={workdir} cannot be a directory ({e.strerror}: {e.filename}); '
+        f'pass a directory path.') from None
+  except PermissionError as e:
+    raise config_checks.ConfigError(
+        f'--workdir={workdir} is not writable ({e.strerror}: {e.filename}); pass a '
+        f'directory you can write to.') from None
+
+
+def check_resumed_config(workdir: epath.Path, config: ml_collections.ConfigDict,
+                         manager: ocp.CheckpointManager) -> None:
+  """A run with checkpoints may only resume with the config it saved (see allow_changes)."""
+  if manager.latest_step() is None or not (workdir / 'config.json').exists():
+    return
+  config_checks.validate_resume(load_config(workdir), config)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class _Checkpoints:
+  """Saves only finite states, and turns a failed save into TrainingStopped."""
+
+  def __init__(self, manager: ocp.CheckpointManager, before_first_save: Callable[[], None]):
+    self.manager = manager
+    self.last_good = manager.latest_step()
+    self.pending = None  # Step of a save that may still be running.
+    self.before_first_save = before_first_save
+
+  def save(self, step: int, state: train_step.TrainState) -> None:
+    if not bool(_all_finite(state)):
+      raise TrainingStopped(
+          f'Training diverged: the state at step {step} holds non-finite values and was not '
+          f'saved; {self.newest()}: resume from it with lower learning rates '
+          f'(e.g. --config.optim.d_lr=... --config.allow_changes=optim).')
+    self.check_for_errors()
+    if self.before_first_save is not None:
+      self.before_first_save()
+      self.before_first_save = None
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except OSError as e:
+      raise self.failed(step, e) from None
+    self.pending = step
+
+  def check_for_errors(self, wait: bool = False) -> None:
+    """Raises TrainingStopped if a background save failed; `wait` blocks until saves end."""
+    try:
+      if wait:
+        self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except (OSError, ValueError, RuntimeError) as e:
+      raise self.failed(self.pending, e) from None
+    if self.pending is not None and not self.manager.is_saving_in_progress():
+      self.last_good, self.pending = self.pending, None
+
+  def failed(self, step, error: BaseException) -> TrainingStopped:
+    return TrainingStopped(
+        f'Saving the checkpoint at step {step} failed ({_first_line(error)}); {self.newest()}: '
+        f'fix the cause (e.g. free disk space) and rerun the same command to resume.')
+
+  def newest(self) -> str:
+    if self.last_good is None:
+      return f'no earlier checkpoint exists in {self.manager.directory}'
+    return f'the newest good checkpoint is step {self.last_good} in {self.manager.directory}'
 
 
 class GridWriter:
@@ -107,9 +245,14 @@ class GridWriter:
     return jax.image.resize(self.real, (self.real.shape[0], r, r, self.real.shape[-1]), 'linear')
 
 
-def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-  stacked = jax.device_get(history)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+def _mean_metrics(history: list[tuple[int, dict[str, jax.Array]]]) -> dict[str, float]:
+  """Means over the steps since the last log; a non-finite value stops the run."""
+  fetched = jax.device_get([metrics for _, metrics in history])
+  for (step, _), metrics in zip(history, fetched):
+    bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+    if bad:
+      return step, bad
+  return None, {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -117,29 +260,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains until `config.num_train_steps` E/G updates; returns the final state.
 
   `evaluate_fn(state, step, writer)`, if given, runs every `config.eval.every_steps`.
+  Raises TrainingStopped (divergence, failed save, no restorable checkpoint), Interrupted
+  (Ctrl-C, after saving) and ConfigError; config.json is written just before the first
+  checkpoint trained with this config, so a failed or diverged attempt leaves it as it was.
   """
   workdir = epath.Path(workdir if '://' in workdir else os.path.abspath(workdir))  # orbax wants absolute.
   mesh = parallel.make_mesh()
   config_checks.validate(config, mesh.size, jax.process_count())
-  if jax.process_index() == 0:
-    save_config(workdir, config)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  prepare_workdir(workdir)
   manager = checkpoint_manager(workdir, config)
+  try:
+    return _train(config, workdir, mesh, manager, evaluate_fn)
+  finally:
+    _close_quietly(manager)
+
+
+def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
+           evaluate_fn) -> train_step.TrainState:
+  check_resumed_config(workdir, config, manager)
   state = restore_or_init(config, mesh, manager)
   start = int(state.step)
   if start >= config.num_train_steps:
     logging.info('Already trained %d of %d steps; nothing to do.', start, config.num_train_steps)
-    manager.close()
     return state
 
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   step_fn = train_step.make_train_step(config, mesh)
   batches = input_pipeline.train_iterator(config, start_step=start)
   first = next(batches)
   draw_grids = GridWriter(config, workdir, writer, first['image_e'][0])
   device_batches = parallel.prefetch_to_mesh(mesh, itertools.chain([first], batches), config.data.prefetch)
 
-  stop = _StopFlag()
-  previous_handler = signal.signal(signal.SIGTERM, stop)
+  # The config is the run's once a checkpoint trained with it is written.
+  checkpoints = _Checkpoints(
+      manager, lambda: jax.process_index() == 0 and save_config(workdir, config))
+  stop = _StopSignals()
+  previous_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   learning_rates = {'lr_d': config.optim.d_lr, 'lr_g': config.optim.g_lr,
                     'lr_e': config.optim.g_lr * config.optim.e_lr_mult}
@@ -151,11 +307,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for step in range(start + 1, config.num_train_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = step_fn(state, next(device_batches))
-      history.append(metrics)
+      history.append((step, metrics))
       progress(step)
+      checkpoints.check_for_errors()
       last = step == config.num_train_steps
       if step % config.log_every_steps == 0 or last:
-        writer.write_scalars(step, {**_mean_metrics(history), **learning_rates})
+        bad_step, means = _mean_metrics(history)
+        if bad_step is not None:
+          raise TrainingStopped(
+              f'Training diverged: {", ".join(f"{k}={v}" for k, v in sorted(means.items())[:3])} '
+              f'at step {bad_step}; nothing non-finite was saved and {checkpoints.newest()}: '
+              f'resume from it with lower learning rates (e.g. --config.optim.d_lr=... '
+              f'--config.allow_changes=optim).')
+        writer.write_scalars(step, {**means, **learning_rates})
         history = []
       if step % config.image_every_steps == 0 or last:
         with progress.timed('grids'):
@@ -164,18 +328,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           step % config.eval.every_steps == 0 or last):
         with progress.timed('eval'):
           evaluate_fn(state, step, writer)
-      preempted = stop.requested or manager.reached_preemption(step)
+      preempted = stop.received is not None or manager.reached_preemption(step)
       if step % config.checkpoint_every_steps == 0 or last or preempted:
-        manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        checkpoints.save(step, state)
       if preempted:
+        checkpoints.check_for_errors(wait=True)
+        if stop.received == signal.SIGINT:
+          raise Interrupted(f'Interrupted at step {step}; the checkpoint is saved in '
+                            f'{manager.directory}: rerun the same command to resume.')
         logging.warning('Stopping at step %d on a preemption signal; checkpoint saved.', step)
         break
+    checkpoints.check_for_errors(wait=True)
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
-    manager.wait_until_finished()
-    manager.close()
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
     writer.flush()
   return state
+
+
+def _close_quietly(manager: ocp.CheckpointManager) -> None:
+  """Closes the manager; a save error was already reported (or is being raised)."""
+  try:
+    manager.close()
+  except (OSError, ValueError, RuntimeError) as e:
+    logging.warning('Closing the checkpoint manager: %s', _first_line(e))
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:

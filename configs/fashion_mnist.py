@@ -6,9 +6,13 @@ average-pooled, as in the paper's 256/128 setup), grayscale, local data only.
 
 from bigbigan_jax import default_config
 
+ARGS = {
+    'steps': int,  # E/G updates (1,200 for the demo).
+}
+
 
 def get_config(arg: str = ''):
-  del arg
+  args = default_config.parse_arg(arg, ARGS)
   c = default_config.base_config()
   c.name = 'fashion_mnist'
   c.data.dataset = 'fashion_mnist_local'
@@ -43,7 +47,7 @@ def get_config(arg: str = ''):
   c.optim.ema_start = 400
 
   c.batch_size = 32
-  c.num_train_steps = 1200
+  c.num_train_steps = args.get('steps', 1200)
   c.dtype = 'float32'  # bfloat16 is slow on CPUs.
   c.log_every_steps = 50
   c.image_every_steps = 300

@@ -4,5 +4,5 @@ from bigbigan_jax import default_config
 
 
 def get_config(arg: str = ''):
-  del arg
+  default_config.parse_arg(arg, {})  # Takes no arguments.
   return default_config.tiny_config()

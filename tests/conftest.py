@@ -18,13 +18,13 @@ jax.config.update('jax_platforms', 'cpu')
 import pytest  # noqa: E402
 
 
-def tiny_training_config(steps: int):
-  """The tiny config trained on mock ImageNet for `steps` steps, checkpointing every 2."""
+def tiny_training_config(steps: int, **overrides):
+  """The tiny config trained on mock ImageNet for `steps` steps, checkpointing every 2;
+  `overrides` as in default_config.tiny_config."""
   from bigbigan_jax import default_config  # pylint: disable=g-import-not-at-top
-  c = default_config.tiny_config(num_train_steps=steps, checkpoint_every_steps=2,
-                                 image_every_steps=2, log_every_steps=1)
-  c.data.shuffle_buffer = 16
-  return c
+  settings = dict(num_train_steps=steps, checkpoint_every_steps=2, image_every_steps=2,
+                  log_every_steps=1, data__shuffle_buffer=16)
+  return default_config.tiny_config(**{**settings, **overrides})
 
 
 def train_on_mock_data(config, workdir):

@@ -1,0 +1,215 @@
+"""What the training program does when things go wrong, through its entry point main.
+
+Each case asserts the one-sentence message, the exit code, and that the run's earlier
+checkpoints and config.json are intact.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+from conftest import tiny_training_config
+
+from bigbigan_jax import main, train, train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = f'{REPO}/configs/tiny.py'
+
+
+def run_main(workdir, steps=4, **overrides):
+  """main.run's exit code and message for the tiny run's settings with `overrides` (keys as in
+  default_config.tiny_config), on mock data; (0, '') when it ends normally."""
+  config = tiny_training_config(steps, **overrides)
+  try:
+    with tfds.testing.mock_data(num_examples=64):
+      main.run(config, str(workdir))
+  except SystemExit as e:
+    return (1, e.code) if isinstance(e.code, str) else (e.code, '')
+  return 0, ''
+
+
+def one_sentence(message):
+  assert '\n' not in message and 'Traceback' not in message
+  assert message.startswith('error: ')
+  return message
+
+
+def snapshot(workdir):
+  """The bytes of config.json and of every checkpoint file, by path."""
+  return {str(p.relative_to(workdir)): p.read_bytes()
+          for p in sorted(workdir.rglob('*')) if p.is_file() and
+          (p.name == 'config.json' or 'checkpoints' in p.parts)}
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+  """A copy of the 4-step tiny run (checkpoints 2 and 4) that a test may change."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_run[0], workdir)
+  return workdir
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config=configs/nope.py'], 'cannot load the config file configs/nope.py (No such file'),
+    ([f'--config={TINY}', '--config.batch_sizee=8'],
+     '--config.batch_sizee is not a config field; did you mean batch_size?'),
+    ([f'--config={REPO}/configs/fashion_mnist.py:stepz=10'],
+     "Unknown config argument 'stepz'; it takes steps."),
+    ([f'--config={TINY}:anything=1'], "Unknown config argument 'anything'; it takes none."),
+])
+def test_bad_config_flags_are_one_sentence(args, message):
+  # A fresh process: absl registers --config.<field> flags once per process. It exits before
+  # importing JAX, so this is quick.
+  out = subprocess.run([sys.executable, '-m', 'bigbigan_jax.main', *args], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+  assert out.returncode == 1
+  assert message in one_sentence(out.stderr.strip())
+
+
+@pytest.mark.parametrize('value', ['nan', 'inf', '-1e-4', '0'])
+def test_non_finite_or_non_positive_learning_rates_are_rejected(tmp_path, value):
+  code, text = run_main(tmp_path, optim__d_lr=float(value))
+  assert code == 1
+  assert 'optim.d_lr=' in one_sentence(text) and 'must be positive and finite' in text
+  assert not list(tmp_path.iterdir())
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  (tmp_path / 'taken').write_text('not a directory')
+  for workdir in ('taken', 'taken/run'):
+    code, text = run_main(tmp_path / workdir)
+    assert code == 1
+    assert f'--workdir={tmp_path / workdir} cannot be a directory' in one_sentence(text)
+  assert (tmp_path / 'taken').read_text() == 'not a directory'
+
+
+def test_divergence_stops_before_saving_and_keeps_the_good_checkpoints(run_copy):
+  before = snapshot(run_copy)
+  code, text = run_main(run_copy, steps=12, optim__d_lr=1e6, optim__g_lr=1e6,
+                        allow_changes='optim')
+  assert code == 1
+  assert 'Training diverged' in one_sentence(text)
+  assert f'the newest good checkpoint is step 4 in {run_copy}/checkpoints' in text
+  assert checkpoint_steps(run_copy) == [2, 4]
+  assert snapshot(run_copy) == before  # config.json too: the diverged settings are not kept.
+
+
+def test_resume_with_a_changed_architecture_keeps_the_run(run_copy):
+  before = snapshot(run_copy)
+  code, text = run_main(run_copy, model__g_ch=8)
+  assert code == 1
+  assert 'trained with a different config (model.g_ch=4 -> 8)' in one_sentence(text)
+  assert '--config.allow_changes=model.g_ch' in text
+  # Forced through, the restore fails on every checkpoint, which are all left as they were.
+  code, text = run_main(run_copy, model__g_ch=8, allow_changes='model.g_ch')
+  assert code == 1
+  assert f'No checkpoint in {run_copy}/checkpoints restores' in one_sentence(text)
+  assert snapshot(run_copy) == before
+
+
+def test_bookkeeping_changes_resume_without_asking(run_copy):
+  code, text = run_main(run_copy, steps=6, checkpoint_every_steps=3)
+  assert (code, text) == (0, '')
+  assert checkpoint_steps(run_copy) == [2, 4, 6]
+
+
+def _truncate_a_data_file(step_dir):
+  data = max((p for p in step_dir.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 3])
+
+
+def _remove_metadata(step_dir):
+  for p in step_dir.rglob('_METADATA'):
+    p.unlink()
+
+
+def _remove_default_item(step_dir):
+  shutil.rmtree(step_dir / 'default')
+
+
+@pytest.mark.parametrize('damage', [_truncate_a_data_file, _remove_metadata, _remove_default_item])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, run_copy, damage):
+  damage(run_copy / 'checkpoints' / '4')
+  code, text = run_main(run_copy)
+  assert (code, text) == (0, '')
+  assert (run_copy / 'checkpoints' / '4.unreadable').is_dir()  # Set aside, not deleted.
+  config = train.load_config(run_copy)
+  manager = train.checkpoint_manager(run_copy, config)
+  retrained = jax.device_get(train.restore(manager, 4, config, train.parallel.make_mesh()))
+  manager.close()
+  jax.tree.map(np.testing.assert_array_equal, retrained, tiny_run[1])
+
+
+def test_no_restorable_checkpoint_is_one_sentence_and_deletes_nothing(run_copy):
+  for step in (2, 4):
+    _remove_default_item(run_copy / 'checkpoints' / str(step))
+  before = snapshot(run_copy)
+  code, text = run_main(run_copy, steps=6)
+  assert code == 1
+  assert f'No checkpoint in {run_copy}/checkpoints restores' in one_sentence(text)
+  assert snapshot(run_copy) == before
+
+
+def test_a_failed_save_stops_the_run_with_earlier_checkpoints_intact(run_copy, monkeypatch):
+  save = ocp.CheckpointManager.save
+
+  def disk_full_at_step_6(self, step, *args, **kwargs):
+    if step == 6:
+      raise OSError(28, 'No space left on device')
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full_at_step_6)
+  before = snapshot(run_copy)
+  code, text = run_main(run_copy, steps=8)
+  assert code == 1
+  assert 'Saving the checkpoint at step 6 failed ([Errno 28] No space left on device)' in one_sentence(text)
+  assert 'the newest good checkpoint is step 4' in text
+  assert checkpoint_steps(run_copy) == [2, 4]
+  assert {k: v for k, v in snapshot(run_copy).items() if k != 'config.json'} == {
+      k: v for k, v in before.items() if k != 'config.json'}
+
+
+def test_a_failed_background_save_stops_the_run(run_copy, monkeypatch):
+  def background_failure(self):
+    if self.latest_step() == 6:
+      raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'check_for_errors', background_failure)
+  code, text = run_main(run_copy, steps=10)
+  assert code == 1
+  assert 'Saving the checkpoint at step 6 failed' in one_sentence(text)
+  assert max(checkpoint_steps(run_copy)) <= 6
+
+
+@pytest.mark.parametrize('signum,code', [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum, code):
+  make_train_step = train_step.make_train_step
+
+  def signalled_at_step_5(config, mesh):
+    step_fn = make_train_step(config, mesh)
+
+    def step(state, batch):
+      if int(state.step) == 4:
+        os.kill(os.getpid(), signum)
+      return step_fn(state, batch)
+    return step
+
+  monkeypatch.setattr(train_step, 'make_train_step', signalled_at_step_5)
+  assert run_main(run_copy, steps=10) == (code, '')
+  assert checkpoint_steps(run_copy) == [2, 4, 5]
+  if signum == signal.SIGINT:
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f'Interrupted at step 5; the checkpoint is saved in {run_copy}/checkpoints: rerun the '
+        f'same command to resume.')
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
