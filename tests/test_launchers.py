@@ -95,7 +95,8 @@ def test_dry_run_prints_every_command_and_runs_none(stubs, command):
   result = _launch(stubs, '--dry-run', command, *AWKWARD)
   assert result.returncode == 0, result.stderr
   printed = [shlex.split(line) for line in result.stdout.splitlines()]
-  assert _same_remote_words(printed, _expected(command, str(stubs.parent / 'bigbigan_jax-bb.tar.gz')))
+  archive = str(stubs.parent / 'bigbigan_jax-bb.tar.gz')
+  assert _same_remote_words(printed, _expected(command, archive))
   assert _calls(stubs, 'gcloud') == []
   assert not (stubs.parent / 'bigbigan_jax-bb.tar.gz').exists()
 
