@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Cloud TPU VM slices, from nothing to a self-restarting training job.
 #
-#   launch/tpu_vm.sh [--dry-run] create         # the slice (SPOT=1: spot; QUEUED=1: queued resource)
+#   launch/tpu_vm.sh [--dry-run] create         # the slice (SPOT=1: spot, QUEUED=1: queued)
 #   launch/tpu_vm.sh [--dry-run] setup          # ship HEAD's tracked files to every worker, install
 #   launch/tpu_vm.sh [--dry-run] train [flags]  # (re)start main.py on every worker as a service
 #   launch/tpu_vm.sh [--dry-run] stop           # SIGTERM: checkpoint, exit, no restart
 #   launch/tpu_vm.sh [--dry-run] status         # the slice's state and every worker's service
 #   launch/tpu_vm.sh [--dry-run] logs           # follow worker $WORKER's log (default 0)
 #   launch/tpu_vm.sh [--dry-run] delete         # the slice (and its queued resource)
+#   launch/tpu_vm.sh [--dry-run] watch [flags]  # recreate, set up, train when preempted
 #
 # Every command needs TPU_NAME and ZONE; `create` also ACCELERATOR (v4-64, v5litepod-16,
-# v5p-64, v6e-16, ...), `train` also WORKDIR and TFDS_DATA_DIR (both on GCS, gs://...).
-# Optional: RUNTIME (default per TPU generation), SPOT=1, QUEUED=1, CONFIG (default
-# configs/imagenet128.py), WORKER (for logs). --dry-run or DRY_RUN=1 prints every command
-# instead of running it. Flags after `train` reach main.py unchanged, whatever they contain.
+# v5p-64, v6e-16, ...), `train` also WORKDIR and TFDS_DATA_DIR (both on GCS, gs://...),
+# `watch` all of these. Optional: RUNTIME (default per TPU generation), SPOT=1, QUEUED=1,
+# CONFIG (default configs/imagenet128.py), WORKER (for logs), WATCH_INTERVAL (seconds, 300).
+# --dry-run or DRY_RUN=1 prints every command instead of running it. Flags after `train` or
+# `watch` reach main.py unchanged, whatever they contain.
 set -euo pipefail
 
 DRY_RUN=${DRY_RUN:-0}
@@ -25,7 +27,7 @@ COMMAND=${1:-}
 shift || true
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -129,8 +131,55 @@ train() {
   on_workers all "$REMOTE_WORKER start$quoted"
 }
 
+delete_slice() {
+  if [[ ${QUEUED:-0} == 1 ]]; then
+    run gcloud compute tpus queued-resources delete "$TPU_NAME" --zone="$ZONE" --force --quiet
+  else
+    run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet
+  fi
+}
+
+# A spot slice or queued resource that was preempted does not come back: watch polls its state
+# and, once it is preempted, runs delete, create, setup and train (each a fresh run of this
+# script, so that a failure stops only that round; the next poll tries again).
+watch() {
+  need ACCELERATOR v4-64
+  need WORKDIR gs://bucket/bigbigan/run1
+  need TFDS_DATA_DIR gs://bucket/tensorflow_datasets
+  local describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone="$ZONE"
+                  --format='value(state)')
+  if [[ ${QUEUED:-0} == 1 ]]; then
+    describe=(gcloud compute tpus queued-resources describe "$TPU_NAME" --zone="$ZONE"
+              --format='value(state.state)')
+  fi
+  if [[ $DRY_RUN == 1 ]]; then  # The poll, then what a preemption triggers.
+    run "${describe[@]}"
+    delete_slice
+    create
+    setup
+    train "$@"
+    return
+  fi
+  local state
+  while true; do
+    state=$("${describe[@]}" 2>/dev/null) || state=unknown
+    case $state in
+      PREEMPTED|TERMINATED|SUSPENDED|FAILED)
+        echo "$(date -u +%FT%TZ) $TPU_NAME is $state: recreating it" >&2
+        bash "$0" delete || true
+        if bash "$0" create && bash "$0" setup && bash "$0" train "$@"; then
+          echo "$(date -u +%FT%TZ) $TPU_NAME: training again" >&2
+        else
+          echo "$(date -u +%FT%TZ) $TPU_NAME: recreating failed; retrying at the next poll" >&2
+        fi
+        ;;
+    esac
+    sleep "${WATCH_INTERVAL:-300}"
+  done
+}
+
 case $COMMAND in
-  create|setup|train|stop|status|logs|delete) ;;
+  create|setup|train|stop|status|logs|delete|watch) ;;
   *) usage ;;
 esac
 need TPU_NAME bigbigan
@@ -150,11 +199,6 @@ case $COMMAND in
     on_workers all "$REMOTE_WORKER status"
     ;;
   logs) on_workers "${WORKER:-0}" "tail -n 200 -F ~/bigbigan_run/train.log" ;;
-  delete)
-    if [[ ${QUEUED:-0} == 1 ]]; then
-      run gcloud compute tpus queued-resources delete "$TPU_NAME" --zone="$ZONE" --force --quiet
-    else
-      run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet
-    fi
-    ;;
+  delete) delete_slice ;;
+  watch) watch "$@" ;;
 esac

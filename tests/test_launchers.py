@@ -6,9 +6,11 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -58,6 +60,10 @@ def _launch(stubs, *args, **settings):
 
 def _expected(command, archive):
   """The argv of every command `launch/tpu_vm.sh <command>` runs (QUEUED/SPOT: see below)."""
+  if command == 'watch':  # The poll, then what a preemption triggers.
+    return [['gcloud', 'compute', 'tpus', 'tpu-vm', 'describe', 'bb', '--zone=us-east5-b',
+             '--format=value(state)']] + sum(
+                 (_expected(c, archive) for c in ('delete', 'create', 'setup', 'train')), [])
   top = str(LAUNCH.parent)
   return {
       'create': [['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'bb', '--zone=us-east5-b',
@@ -90,7 +96,7 @@ def _same_remote_words(printed, expected):
 
 
 @pytest.mark.parametrize('command', ['create', 'setup', 'train', 'stop', 'status', 'logs',
-                                     'delete'])
+                                     'delete', 'watch'])
 def test_dry_run_prints_every_command_and_runs_none(stubs, command):
   result = _launch(stubs, '--dry-run', command, *AWKWARD)
   assert result.returncode == 0, result.stderr
@@ -173,6 +179,36 @@ def test_runtime_follows_the_tpu_generation(stubs, accelerator, runtime):
   assert result.stdout.split()[-1] == f'--version={runtime}'
 
 
+def test_watch_recreates_a_preempted_slice_and_trains_again(stubs):
+  """The slice reads PREEMPTED once, then READY: one round of delete, create, setup, train."""
+  count = stubs / 'describes'
+  (stubs / 'gcloud').write_text(
+      f'#!{sys.executable}\nimport json, pathlib, sys\n'
+      f'open({str(stubs / "gcloud.log")!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")\n'
+      'if "describe" in sys.argv:\n'
+      f'  count = pathlib.Path({str(count)!r})\n'
+      '  print("READY" if count.exists() else "PREEMPTED")\n'
+      '  count.touch()\n')
+  env = {**os.environ, **SETTINGS, 'TMPDIR': str(stubs.parent), 'WATCH_INTERVAL': '0.1',
+         'PATH': f'{stubs}{os.pathsep}{os.environ["PATH"]}'}
+  watcher = subprocess.Popen(['bash', str(TPU_VM), 'watch', *AWKWARD], env=env,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(
+        'describe' in argv for argv in _calls(stubs, 'gcloud')) < 3:
+      time.sleep(0.1)
+  finally:
+    os.killpg(watcher.pid, signal.SIGTERM)
+    stderr = watcher.communicate(timeout=30)[1]
+  calls = [argv[3] for argv in _calls(stubs, 'gcloud')]
+  assert calls[:6] == ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh'], stderr
+  assert set(calls[6:]) == {'describe'}
+  assert 'bb is PREEMPTED: recreating it' in stderr and 'bb: training again' in stderr
+  [train] = [argv for argv in _calls(stubs, 'gcloud') if 'start' in argv[-1]]
+  assert shlex.split(train[-1].removeprefix('--command='))[3:] == TRAIN_FLAGS
+
+
 @pytest.mark.parametrize('command, needed', [
     ('create', {'TPU_NAME', 'ZONE', 'ACCELERATOR'}),
     ('setup', {'TPU_NAME', 'ZONE'}),
@@ -181,6 +217,7 @@ def test_runtime_follows_the_tpu_generation(stubs, accelerator, runtime):
     ('status', {'TPU_NAME', 'ZONE'}),
     ('logs', {'TPU_NAME', 'ZONE'}),
     ('delete', {'TPU_NAME', 'ZONE'}),
+    ('watch', set(SETTINGS)),
 ])
 def test_each_command_asks_only_for_what_it_needs(stubs, command, needed):
   for name in SETTINGS:
