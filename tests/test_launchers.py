@@ -266,7 +266,8 @@ def _srun(tmp_path, exit_code, *args, **settings):
   stubs = tmp_path / 'bin'
   stubs.mkdir(exist_ok=True)
   _stub(stubs, 'srun', exit_code=exit_code)
-  env = {**os.environ, 'WORKDIR': '/shared/runs/a b', 'SLURM_JOB_ID': '4242',
+  env = {name: value for name, value in os.environ.items() if not name.startswith('SLURM_')}
+  env = {**env, 'WORKDIR': '/shared/runs/a b', 'SLURM_JOB_ID': '4242',
          'RESTART_DELAY': '0', 'PATH': f'{stubs}{os.pathsep}{os.environ["PATH"]}', **settings}
   env = {name: value for name, value in env.items() if value is not None}
   result = subprocess.run(['bash', str(SLURM), *args], env=env, capture_output=True, text=True,
@@ -276,19 +277,29 @@ def _srun(tmp_path, exit_code, *args, **settings):
 
 def test_slurm_script_runs_one_srun_with_the_exact_flags(tmp_path):
   result, calls = _srun(tmp_path, 0, *AWKWARD, PYTHON='/venv/bin/python',
-                        TFDS_DATA_DIR='/shared/tfds')
+                        TFDS_DATA_DIR='/shared/tfds', SLURM_CPUS_PER_TASK='6')
   assert result.returncode == 0, result.stderr
-  assert calls == [['--kill-on-bad-exit=1', '--gpu-bind=none', '/venv/bin/python', '-m',
-                    'bigbigan_jax.main', '--config=configs/imagenet128.py',
-                    '--workdir=/shared/runs/a b', '--config.data.data_dir=/shared/tfds',
-                    *AWKWARD]]
+  assert calls == [['--kill-on-bad-exit=1', '--gpu-bind=none', '--cpus-per-task=6',
+                    '/venv/bin/python', '-m', 'bigbigan_jax.main',
+                    '--config=configs/imagenet128.py', '--workdir=/shared/runs/a b',
+                    '--config.data.data_dir=/shared/tfds', *AWKWARD]]
 
 
-def test_slurm_script_restarts_a_failing_step_then_gives_up(tmp_path):
-  result, calls = _srun(tmp_path, 3, MAX_RESTARTS='2')
+def test_slurm_script_restarts_a_failing_step_on_a_new_port_then_gives_up(tmp_path):
+  ports = tmp_path / 'ports'
+  (tmp_path / 'bin').mkdir()
+  srun = tmp_path / 'bin' / 'srun'
+  srun.write_text(f'#!/usr/bin/env bash\necho "$JAX_COORDINATOR_PORT" >> {ports}\nexit 3\n')
+  srun.chmod(0o755)
+  result = subprocess.run(['bash', str(SLURM)], capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, 'WORKDIR': '/shared/run',
+                                            'SLURM_JOB_ID': '4095', 'MAX_RESTARTS': '2',
+                                            'RESTART_DELAY': '0',
+                                            'PATH': f'{srun.parent}:{os.environ["PATH"]}'})
   assert result.returncode == 3
-  assert len(calls) == 3
   assert 'training failed (exit 3) after 2 restarts' in result.stderr
+  # Three attempts, each on its own port of the ephemeral range [61440, 65535].
+  assert ports.read_text().split() == ['65535', '61440', '61441']
 
 
 def test_slurm_script_needs_a_workdir(tmp_path):
