@@ -67,7 +67,7 @@ start() {
 }
 
 stop() {
-  sudo systemctl disable --now --quiet "$SERVICE"
+  sudo systemctl disable --now --quiet "$SERVICE" 2>/dev/null || true  # Also when never started.
   echo "$(hostname): $SERVICE $(systemctl is-active "$SERVICE" || true)"
 }
 
