@@ -26,5 +26,12 @@ setuptools.setup(
         'tensorflow-datasets>=4.9.9',
         'importlib_resources',  # TFDS imports it when preparing data but does not list it.
     ],
-    extras_require={'test': ['pytest>=8']},
+    extras_require={
+        'test': ['pytest>=8'],
+        # NVIDIA GPUs through JAX's pip CUDA wheels: CUDA 12 (driver >= 525), or CUDA 13
+        # (driver >= 580) with the cuda13 extra.
+        'cuda': ['jax[cuda12]>=0.10.2'],
+        'cuda13': ['jax[cuda13]>=0.10.2'],
+        'tpu': ['jax[tpu]>=0.10.2'],  # Cloud TPU VMs: libtpu.
+    },
 )

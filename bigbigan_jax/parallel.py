@@ -2,6 +2,7 @@
 host batches to global arrays. The same code runs on 1 CPU, a GPU box or a TPU pod slice."""
 
 import os
+import re
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
@@ -16,11 +17,86 @@ STEP_BATCH = P(None, AXIS)
 EVAL_BATCH = P(AXIS)
 
 
-def initialize_distributed() -> None:
-  """Joins the multi-host run when there is one (Cloud TPU pods, or SLURM/MPI-style env vars)."""
-  on_tpu_pod = bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
-  if on_tpu_pod or 'JAX_COORDINATOR_ADDRESS' in os.environ:
-    jax.distributed.initialize()
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> Optional[str]:
+  """Joins the multi-process run when there is one; returns how, or None on a single process.
+
+  Each setting comes from its argument, else from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES
+  or $JAX_PROCESS_ID, else from the cluster JAX detects (Cloud TPU VM, or SLURM or Open MPI
+  with more than one task). Without a cluster, an address needs the other two and vice versa.
+  Must run before anything touches a device.
+  """
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or None
+  if num_processes is None:
+    num_processes = _int_from_env('JAX_NUM_PROCESSES')
+  if process_id is None:
+    process_id = _int_from_env('JAX_PROCESS_ID')
+  given = (coordinator_address, num_processes, process_id)
+  cluster = detect_cluster()
+  if cluster is None and all(value is None for value in given):
+    return None
+  if cluster is None and any(value is None for value in given):
+    raise ValueError(
+        'A multi-process run outside SLURM, Open MPI or a Cloud TPU VM needs all three of the '
+        'coordinator address, the process count and the process id (--coordinator_address, '
+        '--num_processes, --process_id or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, '
+        f'$JAX_PROCESS_ID); got {_describe(given)}.')
+  _check_settings(*given)
+  if not jax.distributed.is_initialized():
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  return cluster or f'coordinator {coordinator_address}'
+
+
+def detect_cluster() -> Optional[str]:
+  """The multi-process environment JAX's cluster detection would use here, or None.
+
+  SLURM and Open MPI count only with more than one task: a single task keeps every local
+  device (JAX would give a SLURM task only the GPU numbered $SLURM_LOCALID).
+  """
+  slurm = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID')
+  if all(name in os.environ for name in slurm) and _int_from_env('SLURM_NTASKS') > 1:
+    return 'SLURM'
+  if 'OMPI_MCA_orte_hnp_uri' in os.environ and (_int_from_env('OMPI_COMM_WORLD_SIZE') or 1) > 1:
+    return 'Open MPI'
+  if _on_cloud_tpu_vm():
+    return 'Cloud TPU'
+  return None
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """True on a Cloud TPU VM (JAX's own check at import: TPU chips and libtpu) or GKE TPU pod."""
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  return (bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False)) or
+          bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',')))
+
+
+def _int_from_env(name: str) -> Optional[int]:
+  value = os.environ.get(name, '').strip()
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f'${name}={value!r} must be a whole number.') from None
+
+
+def _check_settings(coordinator_address: Optional[str], num_processes: Optional[int],
+                    process_id: Optional[int]) -> None:
+  if coordinator_address is not None and not re.fullmatch(r'.+:\d+', coordinator_address):
+    raise ValueError(f'The coordinator address {coordinator_address!r} must be host:port, '
+                     'such as 10.0.0.2:8476.')
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f'The process count must be at least 1, not {num_processes}.')
+  if process_id is not None and not (
+      0 <= process_id < (num_processes if num_processes is not None else process_id + 1)):
+    raise ValueError(f'The process id must be in [0, process count), not {process_id}.')
+
+
+def _describe(given: tuple[Optional[str], Optional[int], Optional[int]]) -> str:
+  names = ('address', 'process count', 'process id')
+  return ', '.join(f'{name} {"unset" if value is None else value}'
+                   for name, value in zip(names, given))
 
 
 def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:

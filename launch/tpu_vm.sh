@@ -1,54 +1,204 @@
 #!/usr/bin/env bash
-# Cloud TPU VM pod slices: create, set up, train, follow logs, delete.
+# Cloud TPU VM slices, from nothing to a self-restarting training job.
 #
-#   launch/tpu_vm.sh create              # TPU VM slice $TPU_NAME of type $ACCELERATOR
-#   launch/tpu_vm.sh setup               # copy this repo to every worker and install it
-#   launch/tpu_vm.sh train [flags...]    # start main.py on every worker (in tmux, survives ssh)
-#   launch/tpu_vm.sh logs                # follow worker 0's log
-#   launch/tpu_vm.sh delete
+#   launch/tpu_vm.sh [--dry-run] create         # the slice (SPOT=1: spot, QUEUED=1: queued)
+#   launch/tpu_vm.sh [--dry-run] setup          # ship HEAD's tracked files to every worker, install
+#   launch/tpu_vm.sh [--dry-run] train [flags]  # (re)start main.py on every worker as a service
+#   launch/tpu_vm.sh [--dry-run] stop           # SIGTERM: checkpoint, exit, no restart
+#   launch/tpu_vm.sh [--dry-run] status         # the slice's state and every worker's service
+#   launch/tpu_vm.sh [--dry-run] logs           # follow worker $WORKER's log (default 0)
+#   launch/tpu_vm.sh [--dry-run] delete         # the slice (and its queued resource)
+#   launch/tpu_vm.sh [--dry-run] watch [flags]  # recreate, set up, train when preempted
 #
-# Settings come from the environment. Every worker runs the same command; JAX finds the other
-# hosts by itself on a TPU VM, and each process reads its own slice of the data. The workdir
-# and the TFDS data_dir must be on GCS so that every host sees them.
+# Every command needs TPU_NAME and ZONE; `create` also ACCELERATOR (v4-64, v5litepod-16,
+# v5p-64, v6e-16, ...), `train` also WORKDIR and TFDS_DATA_DIR (both on GCS, gs://...),
+# `watch` all of these. Optional: RUNTIME (default per TPU generation), SPOT=1, QUEUED=1,
+# CONFIG (default configs/imagenet128.py), WORKER (for logs), WATCH_INTERVAL (seconds, 300).
+# --dry-run or DRY_RUN=1 prints every command instead of running it. Flags after `train` or
+# `watch` reach main.py unchanged, whatever they contain.
 set -euo pipefail
 
-TPU_NAME=${TPU_NAME:?set TPU_NAME}
-ZONE=${ZONE:-us-central2-b}
-ACCELERATOR=${ACCELERATOR:-v4-64}
-RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
-CONFIG=${CONFIG:-configs/imagenet128.py}
-WORKDIR=${WORKDIR:?set WORKDIR, e.g. gs://bucket/bigbigan/run1}
-TFDS_DATA_DIR=${TFDS_DATA_DIR:?set TFDS_DATA_DIR, e.g. gs://bucket/tensorflow_datasets}
+DRY_RUN=${DRY_RUN:-0}
+if [[ ${1:-} == --dry-run ]]; then
+  DRY_RUN=1
+  shift
+fi
+COMMAND=${1:-}
+shift || true
 
-on_all() {
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$1"
+usage() {
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
 }
 
-case "${1:-}" in
-  create)
-    gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
-      --accelerator-type="$ACCELERATOR" --version="$RUNTIME"
-    ;;
-  setup)
-    gcloud compute tpus tpu-vm scp --recurse --zone="$ZONE" --worker=all \
-      "$(git rev-parse --show-toplevel)" "$TPU_NAME":~/bigbigan_jax
-    on_all "cd ~/bigbigan_jax && python3 -m venv .venv && .venv/bin/pip install -q -U pip && \
-      .venv/bin/pip install -q -e . 'jax[tpu]'"
-    ;;
-  train)
-    shift
-    on_all "cd ~/bigbigan_jax && tmux new-session -d -s train \
-      '.venv/bin/python -m bigbigan_jax.main --config=$CONFIG --workdir=$WORKDIR \
-       --config.data.data_dir=$TFDS_DATA_DIR $* 2>&1 | tee -a ~/train.log'"
-    ;;
-  logs)
-    gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=0 --command="tail -f ~/train.log"
-    ;;
-  delete)
-    gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet
-    ;;
-  *)
-    sed -n '2,13p' "$0"
+need() {  # need VAR "example": stops with one sentence when VAR is unset or empty.
+  if [[ -z ${!1:-} ]]; then
+    echo "error: launch/tpu_vm.sh $COMMAND needs $1, e.g. export $1=$2" >&2
     exit 2
+  fi
+}
+
+run() {  # Runs a command, or prints it as a shell-quoted line under --dry-run.
+  if [[ $DRY_RUN == 1 ]]; then
+    local quoted
+    printf -v quoted '%q ' "$@"
+    echo "${quoted% }"
+  else
+    "$@"
+  fi
+}
+
+on_workers() {  # on_workers WORKERS REMOTE_COMMAND
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker="$1" --command="$2"
+}
+
+# The runtimes Google lists for JAX. All of them are Ubuntu 22.04 with Python 3.10, older
+# than jax >= 0.10.2 accepts (3.11+), so `setup` does not use the image's Python: it installs
+# uv and a uv-managed Python $PYTHON_VERSION into a venv on every worker.
+default_runtime() {
+  case $ACCELERATOR in
+    v5litepod-*|v5e-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) echo tpu-ubuntu2204-base ;;
+  esac
+}
+PYTHON_VERSION=3.12
+
+# Worker-side layout (see launch/tpu_worker.sh): the code, replaced whole by every `setup`.
+# shellcheck disable=SC2088  # The worker's shell expands the tilde.
+REMOTE_CODE='~/bigbigan_jax'
+REMOTE_WORKER="bash $REMOTE_CODE/launch/tpu_worker.sh"
+
+wait_until_active() {  # A queued resource is granted later; setup needs the VMs.
+  local describe=(gcloud compute tpus queued-resources describe "$TPU_NAME" --zone="$ZONE"
+                  --format='value(state.state)')
+  if [[ $DRY_RUN == 1 ]]; then
+    run "${describe[@]}"
+    return
+  fi
+  local state
+  while true; do
+    state=$("${describe[@]}")
+    case $state in
+      ACTIVE) return ;;
+      FAILED|SUSPENDED) echo "error: queued resource $TPU_NAME is $state." >&2; exit 1 ;;
+      *) echo "queued resource $TPU_NAME: ${state:-unknown}; waiting" >&2; sleep 60 ;;
+    esac
+  done
+}
+
+create() {
+  need ACCELERATOR v4-64
+  local runtime=${RUNTIME:-$(default_runtime)}
+  local spot=()
+  [[ ${SPOT:-0} == 1 ]] && spot=(--spot)
+  if [[ ${QUEUED:-0} == 1 ]]; then
+    run gcloud compute tpus queued-resources create "$TPU_NAME" --zone="$ZONE" \
+      --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR" --runtime-version="$runtime" \
+      "${spot[@]}"
+    wait_until_active
+  else
+    run gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
+      --accelerator-type="$ACCELERATOR" --version="$runtime" "${spot[@]}"
+  fi
+}
+
+setup() {
+  local top archive
+  top=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+  if [[ -n $(git -C "$top" status --porcelain --untracked-files=no) ]]; then
+    echo "warning: setup ships the last commit, $(git -C "$top" rev-parse --short HEAD);" \
+         "uncommitted changes stay here." >&2
+  fi
+  archive=${TMPDIR:-/tmp}/bigbigan_jax-$TPU_NAME.tar.gz
+  run git -C "$top" archive --format=tar.gz --output="$archive" HEAD
+  run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:bigbigan_jax.tar.gz" \
+    --zone="$ZONE" --worker=all
+  on_workers all "rm -rf $REMOTE_CODE && mkdir -p $REMOTE_CODE && \
+tar -xzf ~/bigbigan_jax.tar.gz -C $REMOTE_CODE && rm ~/bigbigan_jax.tar.gz && \
+$REMOTE_WORKER install $PYTHON_VERSION"
+  run rm -f "$archive"
+}
+
+train() {
+  need WORKDIR gs://bucket/bigbigan/run1
+  need TFDS_DATA_DIR gs://bucket/tensorflow_datasets
+  local args=(--config="${CONFIG:-configs/imagenet128.py}" --workdir="$WORKDIR"
+              --config.data.data_dir="$TFDS_DATA_DIR" "$@")
+  local quoted
+  printf -v quoted ' %q' "${args[@]}"
+  on_workers all "$REMOTE_WORKER start$quoted"
+}
+
+delete_slice() {
+  if [[ ${QUEUED:-0} == 1 ]]; then
+    run gcloud compute tpus queued-resources delete "$TPU_NAME" --zone="$ZONE" --force --quiet
+  else
+    run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet
+  fi
+}
+
+# A spot slice or queued resource that was preempted does not come back: watch polls its state
+# and, once it is preempted, runs delete, create, setup and train (each a fresh run of this
+# script, so that a failure stops only that round; the next poll tries again).
+watch() {
+  need ACCELERATOR v4-64
+  need WORKDIR gs://bucket/bigbigan/run1
+  need TFDS_DATA_DIR gs://bucket/tensorflow_datasets
+  local describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone="$ZONE"
+                  --format='value(state)')
+  if [[ ${QUEUED:-0} == 1 ]]; then
+    describe=(gcloud compute tpus queued-resources describe "$TPU_NAME" --zone="$ZONE"
+              --format='value(state.state)')
+  fi
+  if [[ $DRY_RUN == 1 ]]; then  # The poll, then what a preemption triggers.
+    run "${describe[@]}"
+    delete_slice
+    create
+    setup
+    train "$@"
+    return
+  fi
+  local state
+  while true; do
+    state=$("${describe[@]}" 2>/dev/null) || state=unknown
+    case $state in
+      PREEMPTED|TERMINATED|SUSPENDED|FAILED)
+        echo "$(date -u +%FT%TZ) $TPU_NAME is $state: recreating it" >&2
+        bash "$0" delete || true
+        if bash "$0" create && bash "$0" setup && bash "$0" train "$@"; then
+          echo "$(date -u +%FT%TZ) $TPU_NAME: training again" >&2
+        else
+          echo "$(date -u +%FT%TZ) $TPU_NAME: recreating failed; retrying at the next poll" >&2
+        fi
+        ;;
+    esac
+    sleep "${WATCH_INTERVAL:-300}"
+  done
+}
+
+case $COMMAND in
+  create|setup|train|stop|status|logs|delete|watch) ;;
+  *) usage ;;
+esac
+need TPU_NAME bigbigan
+need ZONE us-central2-b
+case $COMMAND in
+  create) create ;;
+  setup) setup ;;
+  train) train "$@" ;;
+  stop) on_workers all "$REMOTE_WORKER stop" ;;
+  status)
+    if [[ ${QUEUED:-0} == 1 ]]; then
+      run gcloud compute tpus queued-resources describe "$TPU_NAME" --zone="$ZONE" \
+        --format='value(state.state)'
+    fi
+    run gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone="$ZONE" \
+      --format='value(state,acceleratorType,runtimeVersion)'
+    on_workers all "$REMOTE_WORKER status"
     ;;
+  logs) on_workers "${WORKER:-0}" "tail -n 200 -F ~/bigbigan_run/train.log" ;;
+  delete) delete_slice ;;
+  watch) watch "$@" ;;
 esac

@@ -3,8 +3,8 @@
 Representation metrics use one E feature, `config.eval.feature` (avepool by default, the
 paper's linear-evaluation feature), for both the linear probe and k-NN. Features of the train
 split (probe fit, weight decay chosen on a held-out slice of it, k-NN neighbours) and of
-`config.data.eval_split` (scored) are streamed to `<workdir>/eval_features/` and deleted
-afterwards; that directory must be on a local file system.
+`config.data.eval_split` (scored) are streamed to `<workdir>/eval_features/` (local or gs://)
+and deleted afterwards.
 
 FID/IS use G's EMA weights with standing statistics and the FID Inception-v3 from a local
 weights file (`config.eval.inception_weights` or $BIGBIGAN_INCEPTION_WEIGHTS); nothing is
@@ -12,13 +12,10 @@ downloaded. FID compares `config.eval.num_fid_samples` samples with the statisti
 whole train split at G's resolution, computed once and cached in the workdir.
 """
 
-import contextlib
 import functools
 import math
 import os
-import pathlib
 import re
-import shutil
 import time
 from typing import Any, Callable, Optional
 
@@ -31,7 +28,7 @@ from jax.sharding import NamedSharding
 
 from bigbigan_jax import config_checks, inference, input_pipeline, parallel, train
 from bigbigan_jax.evaluation import features as features_lib
-from bigbigan_jax.evaluation import frechet, grids, inception, knn, linear_probe
+from bigbigan_jax.evaluation import feature_store, frechet, grids, inception, knn, linear_probe
 
 INCEPTION_ENV = 'BIGBIGAN_INCEPTION_WEIGHTS'
 KNN_KS = (1, 25)
@@ -81,9 +78,8 @@ class Evaluator:
 
   def _representation(self, tag: str, extract: Extract) -> dict[str, float]:
     c = self.config
-    directory = (pathlib.Path(os.fspath(self.workdir)) / FEATURES_DIR / tag /
-                 f'process_{jax.process_index()}')
-    shutil.rmtree(directory, ignore_errors=True)  # Left by an interrupted evaluation.
+    directory = self.workdir / FEATURES_DIR / tag / f'process_{jax.process_index()}'
+    directory.rmtree(missing_ok=True)  # Left by an interrupted evaluation.
     try:
       train_features = _timed(f'{c.data.train_split} features', extract, c.data.train_split,
                               directory / 'train', num_examples=c.eval.num_train_examples)
@@ -91,10 +87,8 @@ class Evaluator:
                              directory / 'test', num_examples=c.eval.num_eval_examples)
       return _probe_and_knn(train_features, test_features, c)
     finally:
-      shutil.rmtree(directory, ignore_errors=True)
-      for parent in (directory.parent, directory.parent.parent):
-        with contextlib.suppress(OSError):  # Not empty: another process or evaluation uses it.
-          parent.rmdir()
+      directory.rmtree(missing_ok=True)
+      feature_store.remove_empty_directories(directory.parent, directory.parent.parent)
 
   def _inception_variables(self) -> Optional[dict[str, Any]]:
     if not self.config.eval.num_fid_samples:

@@ -1,15 +1,20 @@
 """Features and labels kept in .npy shards, so that probes never hold a whole split.
 
-`FeatureWriter` appends feature batches to shards in a local directory; `FeatureStore`
-reads them back (memory-mapped) in minibatches, shuffling shard order and the examples of
-a few shards at a time. `FeatureStore.from_arrays` wraps in-memory arrays the same way.
+`FeatureWriter` appends feature batches to shards in a directory (local, or gs:// and other
+`etils.epath` file systems); `FeatureStore` reads them back in minibatches, shuffling shard
+order and the examples of a few shards at a time. Local shards are memory-mapped; remote
+ones are read into memory once, when opened. `FeatureStore.from_arrays` wraps in-memory
+arrays the same way.
 """
 
+import contextlib
 import dataclasses
+import io
 import os
 from collections.abc import Iterator
 
 import numpy as np
+from etils import epath
 
 _FEATURES = 'features_{:05d}.npy'
 _LABELS = 'labels_{:05d}.npy'
@@ -48,13 +53,14 @@ class FeatureStore:
     self._shards = shards
 
   @classmethod
-  def open(cls, directory: str | os.PathLike) -> 'FeatureStore':
-    """Opens the shards a `FeatureWriter` wrote to `directory`, memory-mapped."""
+  def open(cls, directory: epath.PathLike) -> 'FeatureStore':
+    """Opens the shards a `FeatureWriter` wrote to `directory` (memory-mapped if local)."""
+    directory = epath.Path(directory)
     shards = []
-    while os.path.exists(os.path.join(directory, _FEATURES.format(len(shards)))):
+    while (directory / _FEATURES.format(len(shards))).exists():
       index = len(shards)
-      features = np.load(os.path.join(directory, _FEATURES.format(index)), mmap_mode='r')
-      labels = np.load(os.path.join(directory, _LABELS.format(index)))
+      features = _load(directory / _FEATURES.format(index), memory_map=True)
+      labels = _load(directory / _LABELS.format(index))
       shards.append(_Shard(features, labels))
     if not shards:
       raise FileNotFoundError(f'No feature shards in {directory}.')
@@ -113,15 +119,16 @@ class FeatureStore:
 
 
 class FeatureWriter:
-  """Appends feature batches to .npy shards of `shard_size` examples in a local directory.
+  """Appends feature batches to .npy shards of `shard_size` examples in a directory.
 
   Use as a context manager, or call `close()` to write the last, partial shard.
   """
 
-  def __init__(self, directory: str | os.PathLike, shard_size: int = 8192,
+  def __init__(self, directory: epath.PathLike, shard_size: int = 8192,
                dtype: np.dtype = np.float16):
-    os.makedirs(directory, exist_ok=True)
-    if os.path.exists(os.path.join(directory, _FEATURES.format(0))):
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / _FEATURES.format(0)).exists():
       raise FileExistsError(f'{directory} already holds feature shards.')
     self._directory = directory
     self._shard_size = shard_size
@@ -158,8 +165,28 @@ class FeatureWriter:
     """Writes the first `count` buffered examples as the next shard (features last)."""
     features = np.concatenate(self._features)
     labels = np.concatenate(self._labels)
-    np.save(os.path.join(self._directory, _LABELS.format(self._num_shards)), labels[:count])
-    np.save(os.path.join(self._directory, _FEATURES.format(self._num_shards)), features[:count])
+    for name, array in ((_LABELS, labels), (_FEATURES, features)):
+      with (self._directory / name.format(self._num_shards)).open('wb') as f:
+        np.save(f, array[:count])
     self._features, self._labels = [features[count:]], [labels[count:]]
     self._buffered -= count
     self._num_shards += 1
+
+
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on the local file system (not gs:// or another URI scheme)."""
+  return '://' not in os.fspath(path)
+
+
+def remove_empty_directories(*directories: epath.Path) -> None:
+  """Removes each local directory that is empty; object stores have no directories to remove."""
+  for directory in directories:
+    if is_local(directory):
+      with contextlib.suppress(OSError):  # Not empty, or already gone.
+        os.rmdir(directory)
+
+
+def _load(path: epath.Path, memory_map: bool = False) -> np.ndarray:
+  if is_local(path):
+    return np.load(os.fspath(path), mmap_mode='r' if memory_map else None)
+  return np.load(io.BytesIO(path.read_bytes()))
