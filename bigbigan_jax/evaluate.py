@@ -98,7 +98,10 @@ def _evaluate(workdir):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  parallel.initialize_distributed()
+  try:
+    parallel.initialize_distributed()
+  except ValueError as e:  # Incomplete multi-process settings.
+    sys.exit(f'error: {e}')
   try:
     _evaluate(FLAGS.workdir)
   except (UsageError, config_checks.ConfigError, FileNotFoundError) as e:

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bigbigan_jax.datasets import fashion_mnist_local
+from bigbigan_jax.datasets import fashion_mnist_local, sources
 
 tf.config.set_visible_devices([], 'GPU')
 
@@ -37,14 +37,14 @@ def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The dataset's builder, prepared unless it is ImageNet or an image folder."""
   name, data_dir = config.data.dataset, config.data.data_dir
   if name.startswith(FOLDER_PREFIX):
+    sources.check_image_folder(name[len(FOLDER_PREFIX):])
     return tfds.ImageFolder(name[len(FOLDER_PREFIX):])
   if name == fashion_mnist_local.FashionMnistLocal.name:
-    builder = fashion_mnist_local.FashionMnistLocal(data_dir=data_dir)
+    make = lambda: fashion_mnist_local.FashionMnistLocal(data_dir=data_dir)
   else:
-    builder = tfds.builder(name, data_dir=data_dir)
-  if name != IMAGENET:
-    builder.download_and_prepare()
-  return builder
+    sources.check_tfds_name(name)
+    make = lambda: tfds.builder(name, data_dir=data_dir)
+  return make() if name == IMAGENET else sources.prepared(make)
 
 
 def _imagenet_missing(builder: tfds.core.DatasetBuilder) -> FileNotFoundError:
@@ -61,6 +61,7 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, process_index: int,
 
   Elements keep their image encoded and come in a fixed order.
   """
+  sources.check_split(builder, split)
   decoders = {'image': tfds.decode.SkipDecoding()}
   if isinstance(builder, tfds.ImageFolder):  # No sub-split support.
     ds = builder.as_dataset(split=split, decoders=decoders)

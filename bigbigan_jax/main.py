@@ -13,6 +13,10 @@ config_flags.DEFINE_config_file('config', None, 'Config file; `path.py:arg` sele
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, images); default '
                     'runs/<config name>.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a multi-process run '
+                    'outside Cloud TPU, SLURM or Open MPI (or $JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_integer('num_processes', None, 'Processes in that run (or $JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, "This process's index in it (or $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(['config'])
 
 EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C.
@@ -70,16 +74,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   quiet_library_logs()
-  run(FLAGS.config, FLAGS.workdir)
+  run(FLAGS.config, FLAGS.workdir, (FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id))
 
 
-def run(config, workdir: Optional[str]) -> None:
-  """Trains `config` in `workdir`; a problem the user can fix exits with one line."""
+def run(config, workdir: Optional[str], cluster: tuple = (None, None, None)) -> None:
+  """Trains `config` in `workdir`; a problem the user can fix exits with one line.
+
+  `cluster` is (coordinator address, process count, process id) of a multi-process run, each
+  None to take it from the environment.
+  """
   # Imported here so that --help and flag errors stay fast.
+  import jax  # pylint: disable=g-import-not-at-top
   from bigbigan_jax import config_checks, parallel, train  # pylint: disable=g-import-not-at-top
   from bigbigan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
 
-  parallel.initialize_distributed()
+  try:
+    joined = parallel.initialize_distributed(*cluster)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  logging.info('Process %d of %d (%s); %d local and %d global devices.', jax.process_index(),
+               jax.process_count(), joined or 'single process', jax.local_device_count(),
+               jax.device_count())
   workdir = workdir or os.path.join('runs', config.name)
   logging.info('Workdir: %s', workdir)
   try:

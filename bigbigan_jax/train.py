@@ -42,17 +42,34 @@ class Interrupted(Exception):
 class _StopSignals:
   """Records SIGTERM and the first Ctrl-C; the loop checkpoints and stops at the next step.
 
-  A second Ctrl-C interrupts at once.
+  A second Ctrl-C interrupts at once. With several processes, SIGTERM is left to JAX's
+  preemption notifier, which makes every process agree on the step to save at (a per-process
+  flag would leave the others waiting at the save's barrier), and Ctrl-C is passed on to it.
   """
 
-  def __init__(self):
+  def __init__(self, multi_process: bool):
+    self.multi_process = multi_process
     self.received = None
+    signums = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
+    self.previous = {signum: signal.signal(signum, self) for signum in signums}
 
   def __call__(self, signum, frame):
     del frame
     self.received = signum
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, signal.default_int_handler)
+      if self.multi_process:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+  def stop_at(self, step: int, manager: ocp.CheckpointManager) -> bool:
+    """Whether to checkpoint and stop after `step` (called at every step by every process)."""
+    if self.multi_process:
+      return manager.reached_preemption(step)
+    return self.received is not None or manager.reached_preemption(step)
+
+  def restore_handlers(self) -> None:
+    for signum, handler in self.previous.items():
+      signal.signal(signum, handler)
 
 
 def checkpoint_manager(workdir: epath.Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -294,8 +311,6 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
   # The config is the run's once a checkpoint trained with it is written.
   checkpoints = _Checkpoints(
       manager, lambda: jax.process_index() == 0 and save_config(workdir, config))
-  stop = _StopSignals()
-  previous_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   learning_rates = {'lr_d': config.optim.d_lr, 'lr_g': config.optim.g_lr,
                     'lr_e': config.optim.g_lr * config.optim.e_lr_mult}
@@ -303,6 +318,7 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
     writer.write_hparams({k: v for k, v in _flat(config).items()})
   history = []
   logging.info('Training from step %d to %d on %d devices.', start, config.num_train_steps, mesh.size)
+  stop = _StopSignals(multi_process=jax.process_count() > 1)
   try:
     for step in range(start + 1, config.num_train_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -328,7 +344,7 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
           step % config.eval.every_steps == 0 or last):
         with progress.timed('eval'):
           evaluate_fn(state, step, writer)
-      preempted = stop.received is not None or manager.reached_preemption(step)
+      preempted = stop.stop_at(step, manager)
       if step % config.checkpoint_every_steps == 0 or last or preempted:
         checkpoints.save(step, state)
       if preempted:
@@ -340,8 +356,7 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
         break
     checkpoints.check_for_errors(wait=True)
   finally:
-    for sig, handler in previous_handlers.items():
-      signal.signal(sig, handler)
+    stop.restore_handlers()
     writer.flush()
   return state
 

@@ -16,8 +16,11 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 from conftest import tiny_training_config
+from PIL import Image
 
 from bigbigan_jax import main, train, train_step
+from bigbigan_jax.datasets import fashion_mnist_local
+from test_input_pipeline import _write_idx as write_idx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = f'{REPO}/configs/tiny.py'
@@ -213,3 +216,52 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
         f'Interrupted at step 5; the checkpoint is saved in {run_copy}/checkpoints: rerun the '
         f'same command to resume.')
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _image_folder(root, images_per_class=2):
+  for split in ('train', 'test'):
+    for label in ('a', 'b'):
+      (root / split / label).mkdir(parents=True)
+      for i in range(images_per_class):
+        Image.fromarray(np.full((40, 36, 3), 60 * i, np.uint8)).save(root / split / label / f'{i}.jpg')
+  return root
+
+
+@pytest.mark.parametrize('dataset,split,message', [
+    ('no_such_dataset', 'train', "data.dataset='no_such_dataset' is not a TFDS dataset"),
+    ('imagenet2012', 'trian', "The dataset imagenet2012 has no split 'trian'; it has"),
+    ('folder:{tmp}/missing', 'train', 'The image folder {tmp}/missing does not exist'),
+    ('folder:{tmp}/empty', 'train', 'The image folder {tmp}/empty holds no images'),
+    ('folder:{tmp}/images', 'trian', "has no split 'trian'; it has test, train"),
+])
+def test_a_dataset_that_cannot_be_read_is_one_sentence(tmp_path, dataset, split, message):
+  (tmp_path / 'empty' / 'train' / 'a').mkdir(parents=True)
+  _image_folder(tmp_path / 'images')
+  code, text = run_main(tmp_path / 'run', data__dataset=dataset.format(tmp=tmp_path),
+                        data__train_split=split)
+  assert code == 1
+  assert message.format(tmp=tmp_path) in one_sentence(text)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_two_processes_preparing_one_fresh_data_dir_both_succeed(tmp_path):
+  source = tmp_path / 'idx'
+  source.mkdir()
+  for split, n in (('train', 20), ('t10k', 8)):
+    write_idx(source / f'{split}-images-idx3-ubyte.gz', np.zeros((n, 28, 28), np.uint8))
+    write_idx(source / f'{split}-labels-idx1-ubyte.gz', np.arange(n) % 10)
+  count = ('from bigbigan_jax import default_config, input_pipeline; '
+           'c = default_config.tiny_config(data__dataset="fashion_mnist_local", '
+           f'data__data_dir="{tmp_path / "tfds"}"); '
+           'print(input_pipeline.num_examples(c, "train"))')
+  env = {**os.environ, fashion_mnist_local.DIR_ENV_VAR: str(source), 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, '-c', count], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-2000:]
+    assert out.split() == ['20']
