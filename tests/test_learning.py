@@ -82,7 +82,7 @@ def test_discriminator_learns_the_pairing_then_encoder_inverts_generator():
   step = train_step.make_train_step(c, mesh)
   for _ in range(TRAIN_STEPS):
     batch = np.stack([draw(), draw()])
-    state, metrics = step(state, parallel.global_array(mesh, {'image_e': batch, 'image_d': batch}))
+    state, metrics = step(state, parallel.global_array(mesh, {'image': batch}))
   corr = latent_correlation(generator, model, state, Z_DIM)
   print(f'corr(E(G(z))_i, z_i) after {TRAIN_STEPS} steps: {np.round(corr, 2)}')
   # E starts at exactly 0 correlation (its output ignores x). Over seeds 0-2 the mean over the
