@@ -173,13 +173,16 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
   def eg_update(state, x_e, x_d, key):
     k_z, k_noise = jax.random.split(key)
     z = local_normal(k_z)
+    d_vars = {'params': state.d_params, 'spectral': state.d_spectral}
+    # Nothing upstream of the real images is trained, so F(x_d) stays out of the backward pass.
+    f_real = d.apply(d_vars, x_d, train=False, method='features')
 
     def loss(eg_params):
       enc, e_batch_stats = encode(eg_params['encoder'], state.e_batch_stats, x_e, k_noise)
       x_fake, g_spectral = generate(eg_params['generator'], state.g_spectral, z, update_sn=True)
-      scores = d.apply({'params': state.d_params, 'spectral': state.d_spectral},
-                       jnp.concatenate([x_d, x_fake]), jnp.concatenate([enc['z_sample'], z]),
-                       train=False)
+      f_fake = d.apply(d_vars, x_fake, train=False, method='features')
+      scores = d.apply(d_vars, jnp.concatenate([f_real, f_fake]),
+                       jnp.concatenate([enc['z_sample'], z]), train=False, method='scores')
       real, fake = _split_scores(scores, local_batch)
       total, per_term = eg_loss_fn(real, fake)
       metrics = {'eg_loss': total, **{f'eg_loss_{k}': v for k, v in per_term.items()},
