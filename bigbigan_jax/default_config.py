@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.random_flip = True  # Random horizontal flip of training images.
   c.data.shuffle_buffer = 16_384  # Examples in the tf.data shuffle buffer per process.
   c.data.prefetch = 2  # Batches prefetched to the devices.
-  c.data.tf_threads = 8  # Bound on tf.data's private thread pool per process.
+  c.data.tf_threads = 0  # tf.data's private thread pool per process; 0: all cores.
 
   c.model = ml_collections.ConfigDict()
   c.model.resolution = 128  # G output and F input size: 32, 64, 128 or 256.
@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.sn_eps = 1e-6  # Spectral-norm epsilon (BigGAN-PyTorch training value).
   c.model.bn_eps = 1e-5  # BatchNorm epsilon in G and E (BigGAN-PyTorch training value).
   c.model.bn_momentum = 0.99  # Running-statistics momentum of E's BatchNorm.
+  c.model.attention = 'auto'  # 'auto' (cuDNN on GPU in bf16/f16, else chunked), 'fused', 'chunked', 'dense'.
+  c.model.attention_chunk = 1024  # Query rows per block of the chunked attention.
+  c.model.remat = False  # Recompute each G/D/E block in the backward pass: less memory, ~1/3 more FLOPs.
 
   c.encoder = ml_collections.ConfigDict()
   c.encoder.name = 'resnet50'  # resnet{26,50,101} or revnet{26,50,101}, optional 'x2'/'x4'.
@@ -72,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 2048  # Global batch of real images (and of prior samples) per update.
   c.num_train_steps = 500_000  # E/G updates (train-step calls).
   c.dtype = 'bfloat16'  # Activation dtype; params, BN, SN and losses stay float32.
+  c.float32_residuals = False  # Residual sums, attention logits, G's stem and H in float32 under bf16.
 
   c.log_every_steps = 100  # Scalar metrics period.
   c.image_every_steps = 5_000  # Sample and reconstruction grid period.

@@ -139,10 +139,10 @@ def _inception_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
                  lambda: tf.image.crop_to_bounding_box(image, begin[0], begin[1], size[0], size[1]))
 
 
-def _to_e_view(image: tf.Tensor, resolution: int) -> tf.Tensor:
-  """Resizes uint8 pixels to E's square resolution, scaled to [-1, 1]."""
+def _to_e_resolution(image: tf.Tensor, resolution: int) -> tf.Tensor:
+  """Resizes uint8 pixels to E's square resolution (antialiased bicubic), rounded to uint8."""
   image = tf.image.resize(image, [resolution, resolution], method='bicubic', antialias=True)
-  return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 def _train_image(example: dict[str, tf.Tensor], config: ml_collections.ConfigDict) -> tf.Tensor:
@@ -150,7 +150,7 @@ def _train_image(example: dict[str, tf.Tensor], config: ml_collections.ConfigDic
   image = _decode(example['image'], config.data.num_channels)
   if config.data.augment == 'inception_crop':
     image = _inception_crop(image, crop_seed)
-  image = _to_e_view(image, config.encoder.resolution)
+  image = _to_e_resolution(image, config.encoder.resolution)
   if config.data.random_flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return image
@@ -160,20 +160,10 @@ def _eval_example(example: dict[str, tf.Tensor],
                   config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
   image = _centre_crop(_decode(example['image'], config.data.num_channels), 1.0)
   return {
-      'image_e': _to_e_view(image, config.encoder.resolution),
+      'image': _to_e_resolution(image, config.encoder.resolution),
       'label': tf.cast(example['label'], tf.int32),
       'mask': tf.constant(1.0),
   }
-
-
-def _d_view(images: tf.Tensor, resolution: int) -> tf.Tensor:
-  """D's view of a batch of E views: 2x2 average-pooled when E's is twice D's."""
-  e_resolution = images.shape[1]
-  if e_resolution == resolution:
-    return images
-  if e_resolution == 2 * resolution:
-    return tf.nn.avg_pool2d(images, ksize=2, strides=2, padding='VALID')
-  return tf.image.resize(images, [resolution, resolution], method='bilinear', antialias=True)
 
 
 def _epoch(base: tf.data.Dataset, seed: int, buffer: int, epoch: tf.Tensor) -> tf.data.Dataset:
@@ -186,10 +176,8 @@ def _epoch(base: tf.data.Dataset, seed: int, buffer: int, epoch: tf.Tensor) -> t
 
 
 def _train_batch(images: tf.Tensor, config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
-  """Splits a batch of E views into d_steps + 1 update batches, with D's views."""
-  updates = config.optim.d_steps + 1
-  views = {'image_e': images, 'image_d': _d_view(images, config.model.resolution)}
-  return {k: tf.reshape(v, [updates, -1, *v.shape[1:]]) for k, v in views.items()}
+  """Splits a batch of images into d_steps + 1 update batches."""
+  return {'image': tf.reshape(images, [config.optim.d_steps + 1, -1, *images.shape[1:]])}
 
 
 def train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
@@ -197,8 +185,8 @@ def train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
                    process_count: int | None = None) -> Iterator[Batch]:
   """Endless per-process training elements, one per train-step call.
 
-  Each holds `image_e` [d_steps + 1, batch, E_res, E_res, C] and `image_d` (same at
-  D's resolution), float32 in [-1, 1]; `start_step` resumes a run.
+  Each holds `image` [d_steps + 1, batch, E_res, E_res, C], uint8 (image_views makes E's and
+  D's float views on the device); `start_step` resumes a run.
   """
   if config.data.augment not in AUGMENTATIONS:
     raise ValueError(f'data.augment is {config.data.augment!r}, not one of {AUGMENTATIONS}.')
@@ -227,7 +215,7 @@ def _padding(config: ml_collections.ConfigDict) -> tf.data.Dataset:
   """Endless masked-out examples that fill the last eval batch."""
   resolution, channels = config.encoder.resolution, config.data.num_channels
   return tf.data.Dataset.from_tensors({
-      'image_e': tf.zeros([resolution, resolution, channels]),
+      'image': tf.zeros([resolution, resolution, channels], tf.uint8),
       'label': tf.constant(0),
       'mask': tf.constant(0.0),
   }).repeat()
@@ -238,9 +226,9 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, batch_size: int
                   process_count: int | None = None) -> Iterator[Batch]:
   """One pass over this process's slice of the first `num_examples` (0: all) of `split`.
 
-  `batch_size` is global. Batches hold `image_e`, `image_d` (centre square, no
-  augmentation), `label` int32 and `mask` float32 (0 marks padding); every process
-  yields the same number of batches.
+  `batch_size` is global. Batches hold `image` (centre square at E's resolution, uint8, no
+  augmentation), `label` int32 and `mask` float32 (0 marks padding); every process yields
+  the same number of batches.
   """
   process_index, process_count = _processes(process_index, process_count)
   per_process = _per_process(batch_size, process_count)
@@ -251,6 +239,5 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, batch_size: int
   ds = ds.map(functools.partial(_eval_example, config=config),
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.concatenate(_padding(config)).take(num_batches * per_process).batch(per_process)
-  ds = ds.map(lambda b: {**b, 'image_d': _d_view(b['image_e'], config.model.resolution)})
   ds = ds.prefetch(config.data.prefetch).with_options(_options(config))
   return ds.as_numpy_iterator()

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from bigbigan_jax import (config_checks, default_config, inference, input_pipeline, parallel,
                           train_step)
+from bigbigan_jax import image_views
 from bigbigan_jax.evaluation import grids
 
 STANDING_STATS_BATCH = 256  # G forward passes for standing statistics run replicated.
@@ -305,7 +306,7 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
   step_fn = train_step.make_train_step(config, mesh)
   batches = input_pipeline.train_iterator(config, start_step=start)
   first = next(batches)
-  draw_grids = GridWriter(config, workdir, writer, first['image_e'][0])
+  draw_grids = GridWriter(config, workdir, writer, np.asarray(image_views.to_float(first['image'][0])))
   device_batches = parallel.prefetch_to_mesh(mesh, itertools.chain([first], batches), config.data.prefetch)
 
   # The config is the run's once a checkpoint trained with it is written.

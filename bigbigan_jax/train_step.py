@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from jax import lax
 
-from bigbigan_jax import losses, parallel
+from bigbigan_jax import image_views, losses, parallel
 from bigbigan_jax.models import bigbigan
 
 AXIS = parallel.AXIS
@@ -107,7 +107,8 @@ def _score_means(real, fake):
 
 class StepFunctions(NamedTuple):
   """Per-device programs. `step(state, batch)` is the train step; `d_update` and `eg_update`
-  `(state, image_e, image_d, key) -> (state, metrics)` are its two kinds of update."""
+  `(state, x_e, x_d, key) -> (state, metrics)` (float E and D views) are its two kinds of
+  update."""
   step: Callable
   d_update: Callable
   eg_update: Callable
@@ -116,7 +117,8 @@ class StepFunctions(NamedTuple):
 def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> StepFunctions:
   """The per-device programs for `num_devices` devices.
 
-  `batch` holds this device's `image_e` and `image_d`, each [d_steps + 1, local batch, H, W, C].
+  `batch` holds this device's `image` [d_steps + 1, local batch, H, W, C] at E's resolution,
+  uint8 (or float in [-1, 1]); image_views makes E's and D's views of it.
   """
   parallel.check_global_batch(config.batch_size, num_devices)
   if config.optim.d_steps < 1:
@@ -171,13 +173,16 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
   def eg_update(state, x_e, x_d, key):
     k_z, k_noise = jax.random.split(key)
     z = local_normal(k_z)
+    d_vars = {'params': state.d_params, 'spectral': state.d_spectral}
+    # Nothing upstream of the real images is trained, so F(x_d) stays out of the backward pass.
+    f_real = d.apply(d_vars, x_d, train=False, method='features')
 
     def loss(eg_params):
       enc, e_batch_stats = encode(eg_params['encoder'], state.e_batch_stats, x_e, k_noise)
       x_fake, g_spectral = generate(eg_params['generator'], state.g_spectral, z, update_sn=True)
-      scores = d.apply({'params': state.d_params, 'spectral': state.d_spectral},
-                       jnp.concatenate([x_d, x_fake]), jnp.concatenate([enc['z_sample'], z]),
-                       train=False)
+      f_fake = d.apply(d_vars, x_fake, train=False, method='features')
+      scores = d.apply(d_vars, jnp.concatenate([f_real, f_fake]),
+                       jnp.concatenate([enc['z_sample'], z]), train=False, method='scores')
       real, fake = _split_scores(scores, local_batch)
       total, per_term = eg_loss_fn(real, fake)
       metrics = {'eg_loss': total, **{f'eg_loss_{k}': v for k, v in per_term.items()},
@@ -201,14 +206,15 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
 
   def step_fn(state: TrainState, batch: dict[str, jax.Array]):
     keys = jax.random.split(jax.random.fold_in(state.rng, state.step), o.d_steps + 1)
+    views = lambda i: image_views.views(batch['image'][i], config.model.resolution)
     carry = (state.d_params, state.d_spectral, state.d_opt_state)
     d_metrics = []
     # A Python loop, not lax.scan: XLA:CPU runs convolutions inside loops ~100x slower.
     for i in range(o.d_steps):
-      carry, metrics = d_update(state, carry, (batch['image_e'][i], batch['image_d'][i], keys[i]))
+      carry, metrics = d_update(state, carry, (*views(i), keys[i]))
       d_metrics.append(metrics)
     state = state.replace(d_params=carry[0], d_spectral=carry[1], d_opt_state=carry[2])
-    state, eg_metrics = eg_update(state, batch['image_e'][-1], batch['image_d'][-1], keys[-1])
+    state, eg_metrics = eg_update(state, *views(-1), keys[-1])
     metrics = {**jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *d_metrics), **eg_metrics}
     return state, lax.pmean(metrics, AXIS)
 

@@ -34,7 +34,7 @@ def test_statistics_of_one_batch_make_inference_equal_training_on_it():
   infer = lambda stats: encoder.apply({'params': state.e_params, 'batch_stats': stats}, x,
                                       train=False)
   measured = encoder_statistics.measure_batches(c, mesh, state.e_params, state.e_batch_stats,
-                                                [{'image_e': x, 'mask': np.ones(8, np.float32)}])
+                                                [{'image': x, 'mask': np.ones(8, np.float32)}])
   for feature in ('avepool_feat', 'bn_crelu_feat', 'z_mean'):
     np.testing.assert_allclose(infer(measured)[feature], training[feature], rtol=1e-3, atol=1e-3)
   # The placeholders (mean 0, variance 1) compute a different network.
@@ -52,13 +52,13 @@ def test_measure_stops_at_the_first_padded_batch(monkeypatch):
 
   def eval_iterator(config, split, batch_size, *, num_examples):
     asked.append((split, batch_size, num_examples))
-    return iter([{'image_e': x, 'mask': m.astype(np.float32)} for x, m in zip(images, masks)])
+    return iter([{'image': x, 'mask': m.astype(np.float32)} for x, m in zip(images, masks)])
 
   monkeypatch.setattr(encoder_statistics.input_pipeline, 'eval_iterator', eval_iterator)
   measured = encoder_statistics.measure(c, mesh, state.e_params, state.e_batch_stats, 'train', 4)
   expected = encoder_statistics.measure_batches(
       c, mesh, state.e_params, state.e_batch_stats,
-      [{'image_e': x, 'mask': np.ones(shape[0], np.float32)} for x in images[:3]])
+      [{'image': x, 'mask': np.ones(shape[0], np.float32)} for x in images[:3]])
   assert asked == [('train', c.eval.batch_size, 4 * c.eval.batch_size)]
   for a, b in zip(jax.tree.leaves(measured), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -41,8 +41,8 @@ def test_train_iterator_reads_it(builder):
   c.data.data_dir = builder.data_dir_root.as_posix()
   c.data.num_channels = 1
   batch = next(input_pipeline.train_iterator(c))
-  assert batch['image_e'].shape == (2, 8, 32, 32, 1)
-  assert -1 <= batch['image_e'].min() < batch['image_e'].max() <= 1
+  assert batch['image'].shape == (2, 8, 32, 32, 1) and batch['image'].dtype == np.uint8
+  assert batch['image'].min() < batch['image'].max()
 
 
 def test_missing_files_error(tmp_path, monkeypatch):

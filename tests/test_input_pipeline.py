@@ -6,9 +6,11 @@ import itertools
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from bigbigan_jax import default_config
+from bigbigan_jax import image_views
 from bigbigan_jax import input_pipeline
 from bigbigan_jax.datasets import fashion_mnist_local
 
@@ -29,8 +31,8 @@ def _take(iterator, n):
 
 
 def _ids(images):
-  """Recovers the example index of uniform gray images in [-1, 1]."""
-  levels = (images.reshape(len(images), -1).mean(axis=1) + 1) * 127.5
+  """Recovers the example index of uniform gray uint8 images."""
+  levels = images.reshape(len(images), -1).mean(axis=1)
   return np.round(levels / GRAY_STEP).astype(int).tolist()
 
 
@@ -76,24 +78,36 @@ def test_train_shapes_and_range(mock_imagenet, augment, channels, e_res, d_res):
   c = _config('imagenet2012', data__augment=augment, data__num_channels=channels,
               encoder__resolution=e_res, model__resolution=d_res, optim__d_steps=2)
   for batch in _take(input_pipeline.train_iterator(c), 2):
-    assert batch['image_e'].shape == (3, 8, e_res, e_res, channels)
-    assert batch['image_d'].shape == (3, 8, d_res, d_res, channels)
-    for images in batch.values():
-      assert images.dtype == np.float32
-      assert -1 <= images.min() < images.max() <= 1
+    assert set(batch) == {'image'}
+    assert batch['image'].shape == (3, 8, e_res, e_res, channels)
+    assert batch['image'].dtype == np.uint8
+    assert batch['image'].min() < batch['image'].max()
+    x_e, x_d = image_views.views(batch['image'], d_res)
+    assert x_d.shape == (3, 8, d_res, d_res, channels)
+    assert -1 <= x_e.min() < x_e.max() <= 1
 
 
-def test_d_view_is_pooled_e_view(mock_imagenet):
-  c = _config('imagenet2012', encoder__resolution=32, model__resolution=16)
-  batch = next(input_pipeline.train_iterator(c))
-  e = batch['image_e']
-  pooled = e.reshape(*e.shape[:2], 16, 2, 16, 2, 3).mean(axis=(3, 5))
-  np.testing.assert_allclose(batch['image_d'], pooled, atol=1e-6)
+def test_uint8_e_view_is_the_float_resize_rounded():
+  """The float view differs from resizing straight to float (before uint8 batches) by rounding."""
+  image = np.random.default_rng(0).integers(0, 256, (45, 37, 3), np.uint8)
+  resized = tf.image.resize(image, [32, 32], method='bicubic', antialias=True).numpy()
+  float_view = np.clip(resized / 127.5 - 1.0, -1.0, 1.0)
+  uint8_view = image_views.to_float(input_pipeline._to_e_resolution(image, 32).numpy())
+  np.testing.assert_allclose(uint8_view, float_view, atol=0.5 / 127.5 + 1e-6)
+  assert np.abs(uint8_view - float_view).max() > 0.1 / 127.5  # Rounding, not a copy.
 
 
-def test_d_view_equals_e_view_at_same_resolution(mock_imagenet):
-  batch = next(input_pipeline.train_iterator(_config('imagenet2012')))
-  np.testing.assert_array_equal(batch['image_d'], batch['image_e'])
+@pytest.mark.parametrize('d_res', [32, 16, 24])
+def test_d_view_matches_tensorflow(d_res):
+  """D's view on the device equals what tf.data computed before batches became uint8."""
+  x = image_views.to_float(np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), np.uint8))
+  if d_res == 16:
+    expected = tf.nn.avg_pool2d(x, ksize=2, strides=2, padding='VALID')
+  elif d_res == 32:
+    expected = x
+  else:
+    expected = tf.image.resize(x, [d_res, d_res], method='bilinear', antialias=True)
+  np.testing.assert_allclose(image_views.d_view(x, d_res), expected, atol=1e-6)
 
 
 def test_same_seed_same_batches_other_seed_other_batches(mock_imagenet):
@@ -101,8 +115,8 @@ def test_same_seed_same_batches_other_seed_other_batches(mock_imagenet):
   again = _take(input_pipeline.train_iterator(_config('imagenet2012')), 3)
   other = _take(input_pipeline.train_iterator(_config('imagenet2012', seed=1)), 3)
   for a, b, o in zip(first, again, other):
-    np.testing.assert_array_equal(a['image_e'], b['image_e'])
-    assert not np.array_equal(a['image_e'], o['image_e'])
+    np.testing.assert_array_equal(a['image'], b['image'])
+    assert not np.array_equal(a['image'], o['image'])
 
 
 @pytest.mark.parametrize('start_step', [1, 4])
@@ -111,8 +125,7 @@ def test_resume_equals_skipping(mock_imagenet, start_step):
   fresh = _take(input_pipeline.train_iterator(c), start_step + 2)[start_step:]
   resumed = _take(input_pipeline.train_iterator(c, start_step=start_step), 2)
   for a, b in zip(fresh, resumed):
-    for key in ('image_e', 'image_d'):
-      np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_array_equal(a['image'], b['image'])
 
 
 def test_inception_crop_falls_back_to_centre_crop():
@@ -126,7 +139,7 @@ def test_train_epochs_are_reshuffled_process_slices(tiny_fashion):
   seen = []
   for index in range(2):
     batches = _take(input_pipeline.train_iterator(c, process_index=index, process_count=2), 4)
-    ids = [_ids(b['image_e'][0]) for b in batches]
+    ids = [_ids(b['image'][0]) for b in batches]
     epoch_0, epoch_1 = sum(ids[:2], []), sum(ids[2:], [])
     assert sorted(epoch_0) == sorted(epoch_1)
     assert epoch_0 != epoch_1
@@ -143,10 +156,10 @@ def test_eval_processes_get_disjoint_padded_slices(tiny_fashion):
     assert len(batches) == 2  # 4 and 3 examples, 2 a batch.
     ids, labels = [], []
     for batch in batches:
-      assert batch['image_e'].shape == (2, 32, 32, 3)
+      assert batch['image'].shape == (2, 32, 32, 3) and batch['image'].dtype == np.uint8
       assert batch['label'].dtype == np.int32 and batch['mask'].dtype == np.float32
       real = batch['mask'] == 1
-      ids += [i for i, r in zip(_ids(batch['image_e']), real) if r]
+      ids += [i for i, r in zip(_ids(batch['image']), real) if r]
       labels += batch['label'][real].tolist()
     assert labels == [i % 10 for i in ids]
     slices.append(ids)
@@ -168,7 +181,7 @@ def test_image_folder(tmp_path):
       Image.new('RGB', (40 + i, 30), (level,) * 3).save(tmp_path / 'train' / label / f'{i}.jpg')
   c = _config(f'folder:{tmp_path}', batch_size=4, data__num_channels=1)
   batch = next(input_pipeline.train_iterator(c))
-  assert batch['image_e'].shape == (2, 4, 32, 32, 1)
+  assert batch['image'].shape == (2, 4, 32, 32, 1)
   halves = [list(input_pipeline.eval_iterator(c, 'train', 4, process_index=i, process_count=2))
             for i in range(2)]
   assert [len(h) for h in halves] == [2, 2]

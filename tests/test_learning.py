@@ -84,7 +84,7 @@ def test_discriminator_learns_the_pairing_then_encoder_inverts_generator():
   corr = []
   for i in range(1, TRAIN_STEPS + 1):
     batch = np.stack([draw(), draw()])
-    state, metrics = step(state, parallel.global_array(mesh, {'image_e': batch, 'image_d': batch}))
+    state, metrics = step(state, parallel.global_array(mesh, {'image': batch}))
     if i in MEASURED_STEPS:
       corr.append(latent_correlation(generator, model, state, Z_DIM))
   corr = np.array(corr)

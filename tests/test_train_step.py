@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigbigan_jax import default_config, losses, parallel, train_step
+from bigbigan_jax import default_config, image_views, losses, parallel, train_step
 from bigbigan_jax.models import bigbigan
 
 GLOBAL_BATCH = 16
@@ -19,10 +19,13 @@ def config():
 
 
 def fake_batch(c, seed=0, updates=2):
-  rng = np.random.default_rng(seed)
-  e = rng.uniform(-1, 1, (updates, c.batch_size, c.encoder.resolution, c.encoder.resolution, 3))
-  d = e.reshape(updates, c.batch_size, c.model.resolution, 1, c.model.resolution, 1, 3)
-  return {'image_e': e.astype(np.float32), 'image_d': d.mean(axis=(3, 5)).astype(np.float32)}
+  shape = (updates, c.batch_size, c.encoder.resolution, c.encoder.resolution, 3)
+  return {'image': np.random.default_rng(seed).integers(0, 256, shape, np.uint8)}
+
+
+def first_views(c, batch):
+  """E's and D's float views of the first update's images."""
+  return image_views.views(batch['image'][0], c.model.resolution)
 
 
 def assert_trees_equal(a, b):
@@ -49,7 +52,7 @@ def test_gradient_routing_through_the_scores():
   state = train_step.init_state(c, jax.random.PRNGKey(0))
   g, e, d = bigbigan.build_models(c)
   batch = fake_batch(c)
-  x_e, x_d = batch['image_e'][0], batch['image_d'][0]
+  x_e, x_d = first_views(c, batch)
   z = jax.random.normal(jax.random.PRNGKey(1), (GLOBAL_BATCH, c.model.z_dim))
 
   def term_loss(eg_params, term):
@@ -80,7 +83,7 @@ def test_each_update_changes_only_its_own_networks():
   fns = train_step.make_step_functions(c, 1)
   specs = (parallel.REPLICATED,) * 4
   batch = fake_batch(c)
-  args = (batch['image_e'][0], batch['image_d'][0], jax.random.PRNGKey(3))
+  args = (*first_views(c, batch), jax.random.PRNGKey(3))
   d_update = parallel.shard_map_jit(fns.d_update, m, specs, (parallel.REPLICATED,) * 2)
   eg_update = parallel.shard_map_jit(fns.eg_update, m, specs, (parallel.REPLICATED,) * 2)
 

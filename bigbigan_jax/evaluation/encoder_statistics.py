@@ -17,7 +17,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 
-from bigbigan_jax import config_checks, input_pipeline, parallel
+from bigbigan_jax import config_checks, image_views, input_pipeline, parallel
 from bigbigan_jax.models import bigbigan
 
 Moments = dict[tuple[str, ...], np.ndarray]  # Flattened batch_stats: (..., 'mean'|'var') keys.
@@ -38,7 +38,7 @@ def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batc
   batch_size = config.eval.batch_size
   batches = input_pipeline.eval_iterator(config, split, batch_size,
                                          num_examples=num_batches * batch_size)
-  needed = ({'image_e': b['image_e'], 'mask': b['mask']} for b in batches)  # Not D's view.
+  needed = ({'image': b['image'], 'mask': b['mask']} for b in batches)  # Not the labels.
   stats = measure_batches(config, mesh, e_params, e_batch_stats, needed)
   if stats is None:
     raise config_checks.ConfigError(
@@ -49,7 +49,7 @@ def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batc
 
 def measure_batches(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any,
                     e_batch_stats: Any, batches: Iterable[dict[str, np.ndarray]]) -> Any:
-  """E's batch_stats pooled over this process's eval batches (`image_e`, `mask`), stopping at the
+  """E's batch_stats pooled over this process's eval batches (`image`, `mask`), stopping at the
   first one with padding, which would count; None when there is no full batch."""
   measuring = copy.deepcopy(config)
   measuring.model.bn_momentum = 0.0  # A train-mode pass then stores exactly its batch's moments.
@@ -57,8 +57,8 @@ def measure_batches(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any
 
   @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, parallel.REPLICATED))
   def batch_moments(params, batch_stats, batch):
-    _, new = encoder.apply({'params': params, 'batch_stats': batch_stats}, batch['image_e'],
-                           train=True, mutable=['batch_stats'])
+    _, new = encoder.apply({'params': params, 'batch_stats': batch_stats},
+                           image_views.to_float(batch['image']), train=True, mutable=['batch_stats'])
     return new['batch_stats'], jnp.min(batch['mask'])  # The global minimum: every process stops.
 
   moments = []

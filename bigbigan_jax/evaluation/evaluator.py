@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 
-from bigbigan_jax import config_checks, inference, input_pipeline, parallel, train
+from bigbigan_jax import config_checks, image_views, inference, input_pipeline, parallel, train
 from bigbigan_jax.evaluation import features as features_lib
 from bigbigan_jax.evaluation import feature_store, frechet, grids, inception, knn, linear_probe
 
@@ -103,7 +103,8 @@ class Evaluator:
     return parallel.replicate(self.mesh, inception.load_params(path))
 
   def _real_inception_impl(self, variables, batch):
-    return self._net.apply(variables, batch['image_d'])[0], batch['mask']
+    _, x_d = image_views.views(batch['image'], self.config.model.resolution)
+    return self._net.apply(variables, x_d)[0], batch['mask']
 
   def _fake_inception_impl(self, g_params, standing, variables, key):
     z = jax.random.normal(key, (self.config.eval.batch_size, self.config.model.z_dim))
@@ -154,18 +155,18 @@ class Evaluator:
     """Sample, reconstruction and latent-interpolation grids of EMA G (E's z_mean)."""
     n, z_dim = self.config.num_grid_images, self.config.model.z_dim
     rows = math.isqrt(n)
-    real = self._grid_images
+    real_e, real_d = map(np.asarray, image_views.views(self._grid_images['image'],
+                                                      self.config.model.resolution))
     z = jax.random.normal(jax.random.PRNGKey(self.config.seed + 1), (n, z_dim))
     samples = self.model.sample(state.g_ema_params, standing, z)
     recon = self.model.reconstruct(state.g_ema_params, standing, state.e_params,
-                                   state.e_batch_stats, real['image_e'])
-    z_real = np.asarray(
-        self.model.encode(state.e_params, state.e_batch_stats, real['image_e'])['z_mean'])
+                                   state.e_batch_stats, real_e)
+    z_real = np.asarray(self.model.encode(state.e_params, state.e_batch_stats, real_e)['z_mean'])
     path = grids.interpolation_grid(z_real[:rows], np.roll(z_real, -rows, axis=0)[:rows], rows)
     interpolations = self.model.sample(state.g_ema_params, standing, path)
     images = {
         'eval_samples': grids.image_grid(np.asarray(samples)),
-        'eval_reconstructions': grids.side_by_side(real['image_d'], np.asarray(recon)),
+        'eval_reconstructions': grids.side_by_side(real_d, np.asarray(recon)),
         'eval_interpolations': grids.image_grid(np.asarray(interpolations), ncols=rows),
     }
     if jax.process_index() == 0:

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
-from bigbigan_jax import inference, input_pipeline, parallel
+from bigbigan_jax import image_views, inference, input_pipeline, parallel
 from bigbigan_jax.evaluation.feature_store import FeatureStore, FeatureWriter
 
 
@@ -45,12 +45,11 @@ class FeatureExtractor:
     return self._write(self._pixels, split, directory, num_examples)
 
   def _encode_impl(self, e_params, e_batch_stats, batch):
-    features = self._model.encode(e_params, e_batch_stats, batch['image_e'])
+    features = self._model.encode(e_params, e_batch_stats, image_views.to_float(batch['image']))
     return features[self.config.eval.feature], batch['label'], batch['mask']
 
-  @staticmethod
-  def _pixels_impl(batch):
-    images = batch['image_d']
+  def _pixels_impl(self, batch):
+    _, images = image_views.views(batch['image'], self.config.model.resolution)
     return images.reshape(images.shape[0], -1), batch['label'], batch['mask']
 
   def _write(self, extract, split, directory, num_examples) -> Features:

@@ -32,12 +32,14 @@ def block_resolutions(resolution: int) -> list[int]:
 
 
 class DBlock(nn.Module):
-  """[ReLU]-conv3x3-ReLU-conv3x3-[avgpool], plus a 1x1-conv shortcut when the shape changes."""
+  """[ReLU]-conv3x3-ReLU-conv3x3-[avgpool], plus a 1x1-conv shortcut when the shape changes;
+  the sum in `residual_dtype`."""
   features: int
   downsample: bool
   preactivation: bool
   sn_eps: float
   dtype: Any
+  residual_dtype: Any
 
   @nn.compact
   def __call__(self, x, update_sn: bool):
@@ -55,7 +57,7 @@ class DBlock(nn.Module):
     else:
       sc = layers.avg_pool2(sc) if self.downsample else sc
       sc = conv(1, 'conv_sc')(sc, update_sn) if learnable_sc else sc
-    return h + sc
+    return h.astype(self.residual_dtype) + sc.astype(self.residual_dtype)
 
 
 class FeatureTrunk(nn.Module):
@@ -66,33 +68,55 @@ class FeatureTrunk(nn.Module):
   @nn.compact
   def __call__(self, x, update_sn: bool):
     m = self.config.model
+    residual_dtype = layers.residual_dtype(self.config, self.dtype)
+    block = nn.remat(DBlock, static_argnums=(2,)) if m.remat else DBlock
     h = x.astype(self.dtype)
     blocks = layers.resolution_channels(F_BLOCKS, m.resolution, 'Discriminator')
     for i, ((_, out_mult, down), res) in enumerate(zip(blocks, block_resolutions(m.resolution))):
-      h = DBlock(out_mult * m.d_ch, down, i > 0, m.sn_eps, self.dtype, name=f'block{i}')(h, update_sn)
+      h = block(out_mult * m.d_ch, down, i > 0, m.sn_eps, self.dtype, residual_dtype,
+                name=f'block{i}')(h, update_sn)
       if res in m.d_attn_res:
-        h = layers.SelfAttention(sn_eps=m.sn_eps, dtype=self.dtype, name=f'attention{res}')(h, update_sn)
+        h = layers.attention(self.config, self.dtype, f'attention{res}')(h, update_sn)
     return jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
 
 
 class Discriminator(nn.Module):
-  """Scores (x, z) pairs: returns dict of score_x, score_z, score_xz, each [N] float32."""
+  """Scores (x, z) pairs: returns dict of score_x, score_z, score_xz, each [N] float32.
+
+  `features(x)` (F alone) and `scores(f, z)` split the call: F has no batch statistics, so
+  features of separate batches concatenate to the features of the joint batch.
+  """
   config: ml_collections.ConfigDict
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, z, *, train: bool):
+  def setup(self):
     m = self.config.model
-    mlp = lambda name: layers.ResidualMLP(m.hj_width, m.hj_depth, spectral_norm=m.hj_spectral_norm,
-                                         sn_eps=m.sn_eps, dtype=self.dtype, name=name)
-    head = lambda name: layers.SNDense(1, sn_eps=m.sn_eps, dtype=jnp.float32, name=name)
-    f = FeatureTrunk(self.config, self.dtype, name='F')(x, train)
-    h = mlp('H')(z.astype(jnp.float32), train)
-    j = mlp('J')(jnp.concatenate([f.astype(self.dtype), h], axis=-1), train)
+    residual_dtype = layers.residual_dtype(self.config, self.dtype)
+    # With float32 residuals, H (fed z) runs in float32 too.
+    mlp = lambda dtype: layers.ResidualMLP(
+        m.hj_width, m.hj_depth, spectral_norm=m.hj_spectral_norm, sn_eps=m.sn_eps, dtype=dtype,
+        residual_dtype=residual_dtype)
+    head = lambda: layers.SNDense(1, sn_eps=m.sn_eps, dtype=jnp.float32)
+    self.F = FeatureTrunk(self.config, self.dtype)
+    self.H = mlp(residual_dtype)
+    self.J = mlp(self.dtype)
+    self.score_x, self.score_z, self.score_xz = head(), head(), head()
+
+  def __call__(self, x, z, *, train: bool):
+    return self.scores(self.features(x, train=train), z, train=train)
+
+  def features(self, x, *, train: bool):
+    """F(x) [N, 16 ch] float32."""
+    return self.F(x, train)
+
+  def scores(self, f, z, *, train: bool):
+    """The three scores of features `f` = F(x) paired with z."""
+    h = self.H(z.astype(jnp.float32), train)
+    j = self.J(jnp.concatenate([f.astype(self.dtype), h.astype(self.dtype)], axis=-1), train)
     return {
-        'score_x': head('score_x')(f, train)[:, 0],
-        'score_z': head('score_z')(h.astype(jnp.float32), train)[:, 0],
-        'score_xz': head('score_xz')(j.astype(jnp.float32), train)[:, 0],
+        'score_x': self.score_x(f, train)[:, 0],
+        'score_z': self.score_z(h.astype(jnp.float32), train)[:, 0],
+        'score_xz': self.score_xz(j.astype(jnp.float32), train)[:, 0],
     }
 
 

@@ -52,13 +52,15 @@ class BottleneckV2(nn.Module):
   """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 to `features`.
 
   The bottleneck is features / 4 wide. The shortcut is the identity, a strided 1x1 projection
-  of the pre-activated input when the shape changes, or absent with `shortcut=False`.
+  of the pre-activated input when the shape changes, or absent with `shortcut=False`. The sum
+  is in `residual_dtype` (default: the dtype of h).
   """
   features: int
   conv: ModuleDef
   norm: ModuleDef
   strides: int = 1
   shortcut: bool = True
+  residual_dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
@@ -73,18 +75,23 @@ class BottleneckV2(nn.Module):
       return h
     if self.strides > 1 or x.shape[-1] != self.features:
       x = self.conv(self.features, (1, 1), strides=self.strides, name='proj')(preact)
-    return x + h
+    dtype = self.residual_dtype or h.dtype
+    return x.astype(dtype) + h.astype(dtype)
 
 
 class ReversibleUnit(nn.Module):
   """RevNet coupling: (x1, x2) -> (x2, x1 + F(x2)), F a no-shortcut pre-activation bottleneck."""
   conv: ModuleDef
   norm: ModuleDef
+  residual_dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     x1, x2 = jnp.split(x, 2, axis=-1)
-    y1 = x1 + BottleneckV2(x2.shape[-1], self.conv, self.norm, shortcut=False, name='f')(x2)
+    f = BottleneckV2(x2.shape[-1], self.conv, self.norm, shortcut=False, name='f')(x2)
+    dtype = self.residual_dtype or f.dtype
+    y1 = x1.astype(dtype) + f.astype(dtype)
+    x2 = x2.astype(dtype)
     return jnp.concatenate([x2, y1], axis=-1)
 
 
@@ -95,41 +102,51 @@ def _root(x, features: int, conv: ModuleDef):
 
 
 class ResNetV2(nn.Module):
-  """Pre-activation ResNet with bottleneck stages at width * {1, 2, 4, 8} (4x expansion)."""
+  """Pre-activation ResNet with bottleneck stages at width * {1, 2, 4, 8} (4x expansion);
+  `remat` recomputes each unit in the backward pass."""
   units: tuple[int, ...]
   width: int
   conv: ModuleDef
   norm: ModuleDef
+  remat: bool = False
+  residual_dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     x = _root(x, self.width, self.conv)
+    unit_cls = nn.remat(BottleneckV2) if self.remat else BottleneckV2
     for stage, num_units in enumerate(self.units):
       for unit in range(num_units):
-        x = BottleneckV2(4 * self.width * 2**stage, self.conv, self.norm,
-                         strides=2 if stage > 0 and unit == 0 else 1,
-                         name=f'stage{stage + 1}_unit{unit + 1}')(x)
+        x = unit_cls(4 * self.width * 2**stage, self.conv, self.norm,
+                     strides=2 if stage > 0 and unit == 0 else 1,
+                     residual_dtype=self.residual_dtype,
+                     name=f'stage{stage + 1}_unit{unit + 1}')(x)
     return nn.relu(self.norm(name='final_bn')(x))
 
 
 class RevNet(nn.Module):
   """Reversible ResNet: stages of coupling units at 4 * width channels, doubled between stages
-  by a 2x2 average pool and zero channel padding; a final BN without ReLU."""
+  by a 2x2 average pool and zero channel padding; a final BN without ReLU. `remat` recomputes
+  each unit in the backward pass."""
   units: tuple[int, ...]
   width: int
   conv: ModuleDef
   norm: ModuleDef
+  remat: bool = False
+  residual_dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     x = _root(x, 4 * self.width, self.conv)
+    unit_cls = nn.remat(ReversibleUnit) if self.remat else ReversibleUnit
     for stage, num_units in enumerate(self.units):
       if stage > 0:
         x = nn.avg_pool(x, (2, 2), (2, 2), padding='SAME', count_include_pad=False)
         c = x.shape[-1]
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (c // 2, c // 2)))
       for unit in range(num_units):
-        x = ReversibleUnit(self.conv, self.norm, name=f'stage{stage + 1}_unit{unit + 1}')(x)
+        x = unit_cls(self.conv, self.norm, residual_dtype=self.residual_dtype,
+                     name=f'stage{stage + 1}_unit{unit + 1}')(x)
     return self.norm(name='final_bn')(x)
 
 
@@ -158,7 +175,9 @@ class Encoder(nn.Module):
         epsilon=self.config.model.bn_eps, axis_name=self.axis_name, dtype=self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
     backbone = ResNetV2 if family == 'resnet' else RevNet
+    residual_dtype = layers.residual_dtype(self.config, self.dtype)
     h = backbone(STAGE_UNITS[depth], ec.base_width * multiplier, conv, norm,
+                 remat=self.config.model.remat, residual_dtype=residual_dtype,
                  name='backbone')(x.astype(self.dtype))
     feat = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
 
@@ -169,7 +188,8 @@ class Encoder(nn.Module):
     z_dim = self.config.model.z_dim
     lecun = nn.initializers.lecun_normal()
     h = layers.ResidualMLP(width=ec.head_width, depth=ec.head_depth, spectral_norm=False,
-                           dtype=self.dtype, kernel_init=lecun, name='head')(feat)
+                           dtype=self.dtype, kernel_init=lecun, residual_dtype=residual_dtype,
+                           name='head')(feat)
     out = nn.Dense(2 * z_dim if ec.stochastic else z_dim, dtype=jnp.float32,
                    kernel_init=lecun, name='head_out')(h)
     if ec.stochastic:

@@ -32,15 +32,17 @@ def block_resolutions(resolution: int) -> list[int]:
 
 
 class GBlock(nn.Module):
-  """CBN-ReLU-up-conv3x3-CBN-ReLU-conv3x3, plus an upsampled 1x1-conv shortcut."""
+  """CBN-ReLU-up-conv3x3-CBN-ReLU-conv3x3, plus an upsampled 1x1-conv shortcut; the sum in
+  `residual_dtype`."""
   features: int
   sn_eps: float
   bn_eps: float
   axis_name: Optional[str]
   dtype: Any
+  residual_dtype: Any
 
   @nn.compact
-  def __call__(self, x, cond, *, train: bool, update_sn: bool):
+  def __call__(self, x, cond, train: bool, update_sn: bool):
     cbn = lambda name: layers.ConditionalBatchNorm(
         sn_eps=self.sn_eps, bn_eps=self.bn_eps, axis_name=self.axis_name, dtype=self.dtype, name=name)
     conv = lambda k, name: layers.SNConv(self.features, k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
@@ -48,7 +50,8 @@ class GBlock(nn.Module):
     h = conv(3, 'conv1')(layers.upsample2(h), update_sn)
     h = nn.relu(cbn('bn2')(h, cond, train=train, update_sn=update_sn))
     h = conv(3, 'conv2')(h, update_sn)
-    return h + conv(1, 'conv_sc')(layers.upsample2(x), update_sn)
+    sc = conv(1, 'conv_sc')(layers.upsample2(x), update_sn)
+    return h.astype(self.residual_dtype) + sc.astype(self.residual_dtype)
 
 
 class Generator(nn.Module):
@@ -71,15 +74,17 @@ class Generator(nn.Module):
     embedding = jnp.broadcast_to(embedding, (z.shape[0], m.embed_dim))
 
     stem_ch = blocks[0][0] * m.g_ch
-    h = layers.SNDense(BOTTOM_WIDTH * BOTTOM_WIDTH * stem_ch, sn_eps=m.sn_eps, dtype=self.dtype,
+    residual_dtype = layers.residual_dtype(self.config, self.dtype)
+    h = layers.SNDense(BOTTOM_WIDTH * BOTTOM_WIDTH * stem_ch, sn_eps=m.sn_eps, dtype=residual_dtype,
                        name='stem')(chunks[0], update_sn)
     h = h.reshape(z.shape[0], BOTTOM_WIDTH, BOTTOM_WIDTH, stem_ch)
+    block = nn.remat(GBlock, static_argnums=(3, 4)) if m.remat else GBlock
     for i, ((_, out_mult), res) in enumerate(zip(blocks, block_resolutions(m.resolution))):
       cond = jnp.concatenate([chunks[i + 1], embedding], axis=-1)
-      h = GBlock(out_mult * m.g_ch, m.sn_eps, m.bn_eps, self.axis_name, self.dtype,
-                 name=f'block{i}')(h, cond, train=train, update_sn=update_sn)
+      h = block(out_mult * m.g_ch, m.sn_eps, m.bn_eps, self.axis_name, self.dtype, residual_dtype,
+                name=f'block{i}')(h, cond, train, update_sn)
       if res in m.g_attn_res:
-        h = layers.SelfAttention(sn_eps=m.sn_eps, dtype=self.dtype, name=f'attention{res}')(h, update_sn)
+        h = layers.attention(self.config, self.dtype, f'attention{res}')(h, update_sn)
 
     h = layers.BatchStatsNorm(eps=m.bn_eps, axis_name=self.axis_name, name='out_bn')(h, train)
     scale = self.param('out_bn_scale', nn.initializers.ones, (h.shape[-1],), jnp.float32)

@@ -130,10 +130,76 @@ class ConditionalBatchNorm(nn.Module):
     return (h.astype(jnp.float32) * gain[:, None, None, :] + bias[:, None, None, :]).astype(self.dtype)
 
 
+ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'chunked', 'dense')
+
+
+def _dense_attention(q, k, v, logits_dtype):
+  """softmax(q k^T) v (no scaling), the [B, Q, K] weights materialised; softmax in float32."""
+  logits = jnp.einsum('bqc,bkc->bqk', q, k, preferred_element_type=logits_dtype)
+  attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum('bqk,bkc->bqc', attn, v)
+
+
+def _chunked_attention(q, k, v, logits_dtype, chunk: int):
+  """_dense_attention over blocks of `chunk` queries, each recomputed in the backward pass, so
+  at most one block's weights [B, chunk, K] are live. Each query's softmax sees every key."""
+  b, n, c = q.shape
+  if n <= chunk:
+    return _dense_attention(q, k, v, logits_dtype)
+  chunk = next(s for s in range(chunk, 0, -1) if n % s == 0)
+  blocks = jnp.moveaxis(q.reshape(b, n // chunk, chunk, c), 1, 0)
+  block_fn = jax.checkpoint(lambda qb: _dense_attention(qb, k, v, logits_dtype))
+  out = lax.map(block_fn, blocks)
+  return jnp.moveaxis(out, 0, 1).reshape(b, n, v.shape[-1])
+
+
+def _fused_attention(q, k, v):
+  """jax.nn.dot_product_attention (cuDNN flash attention on GPU in 16-bit, XLA's elsewhere).
+
+  It needs one head width for queries, keys and values: q and k are zero-padded to v's width,
+  which adds nothing to q k^T.
+  """
+  width = max(q.shape[-1], v.shape[-1])
+  pad = lambda t: jnp.pad(t, ((0, 0), (0, 0), (0, width - t.shape[-1])))[:, :, None, :]
+  use_cudnn = jax.default_backend() == 'gpu' and v.dtype in (jnp.bfloat16, jnp.float16)
+  out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), scale=1.0,
+                                     implementation='cudnn' if use_cudnn else None)
+  return out[:, :, 0, :v.shape[-1]]
+
+
+def attend(q, k, v, *, implementation: str = 'dense', logits_dtype: Dtype = None,
+           chunk: int = 1024):
+  """softmax(q k^T) v for q [B, Q, Cq], k [B, K, Cq], v [B, K, Cv] (no logit scaling).
+
+  'dense' materialises the weights; 'chunked' bounds them to `chunk` query rows; 'fused' calls
+  jax.nn.dot_product_attention; 'auto' is fused on GPU in 16-bit, chunked elsewhere. Logits are
+  accumulated in `logits_dtype` (default: the inputs' dtype; cuDNN always uses float32).
+  """
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'Attention implementation {implementation!r} is not one of '
+                     f'{ATTENTION_IMPLEMENTATIONS}.')
+  logits_dtype = logits_dtype or q.dtype
+  if implementation == 'auto':
+    on_gpu = jax.default_backend() == 'gpu' and v.dtype in (jnp.bfloat16, jnp.float16)
+    implementation = 'fused' if on_gpu else 'chunked'
+  if implementation == 'fused':
+    return _fused_attention(q, k, v)
+  if implementation == 'chunked':
+    return _chunked_attention(q, k, v, logits_dtype, chunk)
+  return _dense_attention(q, k, v, logits_dtype)
+
+
 class SelfAttention(nn.Module):
-  """SAGAN non-local block: theta/phi at C/8, g at C/2, keys 2x2 max-pooled, gamma starts at 0."""
+  """SAGAN non-local block: theta/phi at C/8, g at C/2, keys 2x2 max-pooled, gamma starts at 0.
+
+  `implementation` and `chunk` choose how the attention runs (see `attend`); `residual_dtype`
+  (default `dtype`) is the dtype of the logits and of the residual sum.
+  """
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  implementation: str = 'dense'
+  chunk: int = 1024
+  residual_dtype: Optional[Dtype] = None
 
   @nn.compact
   def __call__(self, x, update_sn: bool = False):
@@ -143,23 +209,25 @@ class SelfAttention(nn.Module):
     theta = conv(c // 8, 'theta')(x, update_sn).reshape(b, h * w, c // 8)
     phi = pool(conv(c // 8, 'phi')(x, update_sn)).reshape(b, h * w // 4, c // 8)
     g = pool(conv(c // 2, 'g')(x, update_sn)).reshape(b, h * w // 4, c // 2)
-    logits = jnp.einsum('bqc,bkc->bqk', theta, phi).astype(jnp.float32)
-    attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    o = jnp.einsum('bqk,bkc->bqc', attn, g).reshape(b, h, w, c // 2)
+    residual_dtype = self.residual_dtype or self.dtype
+    o = attend(theta, phi, g, implementation=self.implementation, logits_dtype=residual_dtype,
+               chunk=self.chunk).reshape(b, h, w, c // 2)
     o = conv(c, 'o')(o, update_sn)
     gamma = self.param('gamma', nn.initializers.zeros, (), jnp.float32)
-    return x + gamma.astype(self.dtype) * o
+    return x.astype(residual_dtype) + gamma.astype(residual_dtype) * o.astype(residual_dtype)
 
 
 class ResidualMLP(nn.Module):
   """An input projection to `width`, then `depth` dense layers as depth/2 pre-activation
-  residual blocks, then ReLU. Used for H, J (spectrally normalised) and E's head (plain)."""
+  residual blocks, then ReLU. Used for H, J (spectrally normalised) and E's head (plain).
+  The residual stream is kept in `residual_dtype` (default `dtype`)."""
   width: int
   depth: int
   spectral_norm: bool = True
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   kernel_init: Any = orthogonal
+  residual_dtype: Optional[Dtype] = None
 
   @nn.compact
   def __call__(self, x, update_sn: bool = False):
@@ -167,12 +235,26 @@ class ResidualMLP(nn.Module):
       raise ValueError(f'Residual MLP depth must be even (pairs of layers), got {self.depth}.')
     dense = lambda name: SNDense(self.width, spectral_norm=self.spectral_norm, sn_eps=self.sn_eps,
                                  dtype=self.dtype, kernel_init=self.kernel_init, name=name)
-    h = dense('proj')(x, update_sn)
+    residual_dtype = self.residual_dtype or self.dtype
+    h = dense('proj')(x, update_sn).astype(residual_dtype)
     for i in range(self.depth // 2):
       r = dense(f'block{i}_a')(nn.relu(h), update_sn)
       r = dense(f'block{i}_b')(nn.relu(r), update_sn)
-      h = h + r
+      h = h + r.astype(residual_dtype)
     return nn.relu(h)
+
+
+def residual_dtype(config, dtype: Dtype) -> Dtype:
+  """The dtype of residual streams: float32 with `config.float32_residuals`, else `dtype`."""
+  return jnp.float32 if config.float32_residuals else dtype
+
+
+def attention(config, dtype: Dtype, name: str) -> SelfAttention:
+  """The self-attention block a model config asks for, rematerialised with `model.remat`."""
+  cls = nn.remat(SelfAttention, static_argnums=(2,)) if config.model.remat else SelfAttention
+  return cls(sn_eps=config.model.sn_eps, dtype=dtype, implementation=config.model.attention,
+             chunk=config.model.attention_chunk, residual_dtype=residual_dtype(config, dtype),
+             name=name)
 
 
 def avg_pool2(x):
