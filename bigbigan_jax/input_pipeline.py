@@ -7,13 +7,14 @@ a pipeline restarted at step k yields what the k-th element of a fresh one would
 """
 
 import functools
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from bigbigan_jax.datasets import fashion_mnist_local, sources
 
@@ -31,6 +32,7 @@ _CROP_MIN_COVERED = 0.1
 _CROP_ATTEMPTS = 10
 _FALLBACK_CROP = 224 / 256
 _NO_END = np.iinfo(np.int64).max
+MAX_NAMED_SKIPS = 3  # Undecodable images named in the log; later ones are counted.
 
 
 def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -175,9 +177,49 @@ def _epoch(base: tf.data.Dataset, seed: int, buffer: int, epoch: tf.Tensor) -> t
   return ds.map(lambda index, ex: {'image': ex['image'], 'seed': tf.stack([epoch_seed, index])})
 
 
-def _train_batch(images: tf.Tensor, config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
-  """Splits a batch of images into d_steps + 1 update batches."""
-  return {'image': tf.reshape(images, [config.optim.d_steps + 1, -1, *images.shape[1:]])}
+def _train_batch(batch: dict[str, tf.Tensor],
+                 config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+  """Splits a batch of images into d_steps + 1 update batches; keeps the examples' seeds."""
+  images = batch['image']
+  return {'image': tf.reshape(images, [config.optim.d_steps + 1, -1, *images.shape[1:]]),
+          'seed': batch['seed']}
+
+
+def _report_skipped(batches: Iterator[Batch], epoch_size: int, start: int,
+                    name_of: Callable[[int, int], str]) -> Iterator[Batch]:
+  """Passes the batches on without their seeds, logging the examples the pipeline skipped.
+
+  An example's seed is (epoch seed, position in the shuffled epoch); a gap between consecutive
+  examples is an image that could not be decoded. The stream starts at position `start` of its
+  first epoch. `name_of(epoch_seed, position)` names a skipped example.
+  """
+  previous, skipped = None, 0
+  for batch in batches:
+    seeds = batch.pop('seed')
+    if previous is None:
+      previous = np.array([seeds[0, 0], start - 1])
+    chain = np.concatenate([previous[None], seeds])
+    next_position = np.where(chain[1:, 0] == chain[:-1, 0], chain[:-1, 1] + 1, 0)
+    gaps = np.flatnonzero((chain[1:, 1] != next_position) |
+                          ((chain[1:, 0] != chain[:-1, 0]) & (chain[:-1, 1] != epoch_size - 1)))
+    for i in gaps:
+      for epoch_seed, position in _between(chain[i], chain[i + 1], epoch_size):
+        skipped += 1
+        if skipped <= MAX_NAMED_SKIPS:
+          logging.warning('Skipped an image that cannot be decoded: %s (%d so far).',
+                          name_of(epoch_seed, position), skipped)
+        elif skipped in (10, 100, 1000, 10_000, 100_000):
+          logging.warning('Skipped %d images that cannot be decoded so far.', skipped)
+    previous = seeds[-1]
+    yield batch
+
+
+def _between(before: np.ndarray, after: np.ndarray, epoch_size: int):
+  """(epoch seed, position) of the examples between two consecutive seeds of the stream."""
+  if before[0] == after[0]:
+    return [(int(before[0]), p) for p in range(before[1] + 1, after[1])]
+  return ([(int(before[0]), p) for p in range(before[1] + 1, epoch_size)] +
+          [(int(after[0]), p) for p in range(0, after[1])])
 
 
 def train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
@@ -199,12 +241,24 @@ def train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
   start_epoch, skip = divmod(start_step * per_step, epoch_size)
   ds = tf.data.Dataset.range(start_epoch, _NO_END).flat_map(
       functools.partial(_epoch, base, config.seed, config.data.shuffle_buffer))
-  ds = ds.skip(skip).map(functools.partial(_train_image, config=config),
-                         num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(per_step, drop_remainder=True)
+  ds = ds.skip(skip).map(
+      lambda ex: {'image': _train_image(ex, config), 'seed': ex['seed']},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  # An undecodable image is dropped (and reported below), not the end of training; a resumed
+  # run is then offset from a fresh one by the images skipped before the resumed step.
+  ds = ds.ignore_errors().batch(per_step, drop_remainder=True)
   ds = ds.map(functools.partial(_train_batch, config=config))
   ds = ds.prefetch(config.data.prefetch).with_options(_options(config))
-  return ds.as_numpy_iterator()
+  name_of = functools.partial(_name_at, base, config.data.shuffle_buffer)
+  return _report_skipped(ds.as_numpy_iterator(), epoch_size, skip, name_of)
+
+
+def _name_at(base: tf.data.Dataset, buffer: int, epoch_seed: int, position: int) -> str:
+  """The file name (image folders) or the position of an example in a shuffled epoch."""
+  if 'image/filename' not in base.element_spec:
+    return f'example {position} of the shuffled epoch'
+  names = base.shuffle(buffer, seed=epoch_seed).skip(position).take(1)
+  return next(iter(names))['image/filename'].numpy().decode()
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -237,7 +291,7 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, batch_size: int
   total = int(_read(builder, split, 0, 1, num_examples).cardinality())
   num_batches = _ceil_div(_ceil_div(total, process_count), per_process)
   ds = ds.map(functools.partial(_eval_example, config=config),
-              num_parallel_calls=tf.data.AUTOTUNE)
+              num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()  # Padding replaces them.
   ds = ds.concatenate(_padding(config)).take(num_batches * per_process).batch(per_process)
   ds = ds.prefetch(config.data.prefetch).with_options(_options(config))
   return ds.as_numpy_iterator()

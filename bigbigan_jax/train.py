@@ -23,9 +23,8 @@ from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bigbigan_jax import (config_checks, default_config, inference, input_pipeline, parallel,
-                          train_step)
-from bigbigan_jax import image_views
+from bigbigan_jax import (config_checks, default_config, image_views, inference, input_pipeline,
+                          parallel, train_step)
 from bigbigan_jax.evaluation import grids
 
 STANDING_STATS_BATCH = 256  # G forward passes for standing statistics run replicated.
@@ -306,7 +305,8 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
   step_fn = train_step.make_train_step(config, mesh)
   batches = input_pipeline.train_iterator(config, start_step=start)
   first = next(batches)
-  draw_grids = GridWriter(config, workdir, writer, np.asarray(image_views.to_float(first['image'][0])))
+  draw_grids = GridWriter(config, workdir, writer,
+                          np.asarray(image_views.to_float(first['image'][0])))
   device_batches = parallel.prefetch_to_mesh(mesh, itertools.chain([first], batches), config.data.prefetch)
 
   # The config is the run's once a checkpoint trained with it is written.
