@@ -1,53 +1,79 @@
-"""One process of a 2-process x 2-CPU-device training run, for test_multiprocess.py.
+"""One process of a 2-process x 2-CPU-device training run, for test_multiprocess.py (which
+starts it with XLA_FLAGS giving it 2 CPU devices).
 
-usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_STEP
+usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_BATCH
 
-Runs main.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM before the step
-SIGTERM_AT_STEP (0: never), as a preempted host would receive it. At the end each process writes
-its final state's step and a digest of every array to WORKDIR/state_<id>.npz.
+Runs main.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM when its input
+pipeline yields batch SIGTERM_AT_BATCH (0: never), as a preempted host would receive it. A run
+not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the end each process
+writes its final state's step, a digest of every array and those steps' metrics to
+WORKDIR/state_<id>.npz.
 """
 
 import os
 import signal
 import sys
 
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from conftest import tiny_training_config
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-from absl import logging  # noqa: E402
+from bigbigan_jax import main, parallel, train, train_step
 
-jax.config.update('jax_platforms', 'cpu')
-
-from conftest import tiny_training_config  # noqa: E402
-from bigbigan_jax import main, train  # noqa: E402
+EXTRA_STEPS = 2
 
 
 def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int) -> None:
   final = {}
-  train_and_evaluate, make_train_step = train.train_and_evaluate, train.train_step.make_train_step
+  train_and_evaluate, train_iterator = train.train_and_evaluate, train.input_pipeline.train_iterator
 
   def keep_final_state(*args, **kwargs):
     final['state'] = train_and_evaluate(*args, **kwargs)
     return final['state']
 
-  def preempted_before(config, mesh):
-    step_fn = make_train_step(config, mesh)
-
-    def step(state, batch):
-      if process_id == 1 and int(state.step) + 1 == sigterm_at:
+  def preempted_at(*args, **kwargs):
+    for i, batch in enumerate(train_iterator(*args, **kwargs)):
+      if process_id == 1 and i + 1 == sigterm_at:
         os.kill(os.getpid(), signal.SIGTERM)
-      return step_fn(state, batch)
-    return step
+      yield batch
 
-  train.train_and_evaluate, train.train_step.make_train_step = keep_final_state, preempted_before
+  train.train_and_evaluate, train.input_pipeline.train_iterator = keep_final_state, preempted_at
   with tfds.testing.mock_data(num_examples=64):
     main.run(tiny_training_config(steps), workdir, (f'127.0.0.1:{port}', 2, process_id))
-  state = jax.device_get(final['state'])
-  digest = [np.asarray(leaf, np.float64).sum() for leaf in jax.tree.leaves(state)]
+  state, metrics = final['state'], []
+  if not sigterm_at:  # Then also the same global batches as a 1-process x 4-device run.
+    state, metrics = extra_steps(state, tiny_training_config(steps), process_id)
+  state = jax.device_get(state)
   np.savez(os.path.join(workdir, f'state_{process_id}.npz'), step=int(state.step),
-           digest=np.asarray(digest))
+           digest=digest(state), metrics=np.asarray(metrics))
+
+
+def digest(state) -> np.ndarray:
+  return np.asarray([np.asarray(leaf, np.float64).sum() for leaf in jax.tree.leaves(state)])
+
+
+def global_batches(config, count: int) -> list[np.ndarray]:
+  """Train-step batches of the whole run (every process's rows), the same in every process."""
+  shape = (config.optim.d_steps + 1, config.batch_size, 32, 32, 3)
+  return [np.random.default_rng(k).integers(0, 256, shape, np.uint8) for k in range(count)]
+
+
+def extra_steps(state, config, process_id: int):
+  """EXTRA_STEPS train steps on global_batches, each process feeding its half of the rows."""
+  mesh = parallel.make_mesh()
+  rows = config.batch_size // jax.process_count()
+  batches = [b[:, process_id * rows:(process_id + 1) * rows]
+             for b in global_batches(config, EXTRA_STEPS)]
+  local = lambda b: parallel.global_array(mesh, {'image': b})
+  step = train.compile_on_every_process(train_step.make_train_step(config, mesh), state,
+                                        local(batches[0]))
+  metrics = []
+  for batch in batches:
+    state, out = step(state, local(batch))
+    metrics.append([float(np.asarray(out[k].addressable_data(0))) for k in sorted(out)])
+  return state, metrics
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """Two processes x two CPU devices on 127.0.0.1 through jax.distributed, as a pod slice runs.
 
-A SIGTERM to one process (a preempted host) must make both save the same step and exit 0, and
-the same command must then resume both to the end with identical states.
+A SIGTERM to one process (a preempted host) must make both save the same step and exit 0, the
+same command must then resume both to the end with identical states, and steps fed the same
+global batches must match one process with four devices.
 """
 
 import os
@@ -9,7 +10,12 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
+from conftest import tiny_training_config
+
+import multiprocess_worker
+from bigbigan_jax import parallel, train, train_step
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -24,8 +30,8 @@ def free_port() -> int:
 def run_two_processes(workdir, steps, sigterm_at):
   """Exit codes and stderr of both processes, always cleaned up."""
   port = free_port()
-  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu'}
-  env.pop('XLA_FLAGS', None)
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir), str(steps),
        str(i), str(port), str(sigterm_at)], env=env, stdout=subprocess.DEVNULL,
@@ -48,18 +54,36 @@ def checkpoint_steps(workdir):
 
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_path):
-  codes, errors = run_two_processes(tmp_path, steps=6, sigterm_at=3)
+  codes, errors = run_two_processes(tmp_path, steps=8, sigterm_at=3)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
-  # Both processes stopped after the same step, past the signal, and saved it.
-  assert steps[0] == steps[1] and 3 <= steps[0] < 6
+  # Both processes stopped after the same step and saved it.
+  assert steps[0] == steps[1] and 1 <= steps[0] < 8
   assert steps[0] in checkpoint_steps(tmp_path)
   np.testing.assert_array_equal(digests[0], digests[1])
   assert 'Stopping at step' in errors[0] and 'Process 0 of 2' in errors[0]
 
-  codes, errors = run_two_processes(tmp_path, steps=6, sigterm_at=0)
+  codes, errors = run_two_processes(tmp_path, steps=8, sigterm_at=0)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
-  assert steps == [6, 6]
+  extra = multiprocess_worker.EXTRA_STEPS
+  assert steps == [8 + extra] * 2
   np.testing.assert_array_equal(digests[0], digests[1])
-  assert checkpoint_steps(tmp_path)[-1] == 6
+  assert checkpoint_steps(tmp_path)[-1] == 8
+
+  # The steps after it, fed the same global batches, equal one process with four devices.
+  config = tiny_training_config(8)
+  mesh = parallel.make_mesh()
+  manager = train.checkpoint_manager(tmp_path, config)
+  state = train.restore(manager, 8, config, mesh)
+  manager.close()
+  step = train_step.make_train_step(config, mesh)
+  metrics = []
+  for batch in multiprocess_worker.global_batches(config, extra):
+    state, out = step(state, parallel.global_array(mesh, {'image': batch}))
+    metrics.append([float(out[k]) for k in sorted(out)])
+  for i in range(2):
+    saved = np.load(tmp_path / f'state_{i}.npz')
+    np.testing.assert_allclose(saved['metrics'], metrics, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(saved['digest'], multiprocess_worker.digest(jax.device_get(state)),
+                               rtol=1e-4, atol=1e-5)

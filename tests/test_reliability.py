@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from conftest import tiny_training_config
 from PIL import Image
 
-from bigbigan_jax import input_pipeline, main, train, train_step
+from bigbigan_jax import input_pipeline, main, train
 from bigbigan_jax.datasets import fashion_mnist_local
 from test_input_pipeline import _write_idx as write_idx
 
@@ -198,24 +198,23 @@ def test_a_failed_background_save_stops_the_run(run_copy, monkeypatch):
 
 @pytest.mark.parametrize('signum,code', [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
 def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum, code):
-  make_train_step = train_step.make_train_step
+  train_iterator = input_pipeline.train_iterator
 
-  def signalled_at_step_5(config, mesh):
-    step_fn = make_train_step(config, mesh)
-
-    def step(state, batch):
-      if int(state.step) == 4:
+  def signal_at_the_seventh_batch(*args, **kwargs):
+    for i, batch in enumerate(train_iterator(*args, **kwargs)):
+      if i == 6:
         os.kill(os.getpid(), signum)
-      return step_fn(state, batch)
-    return step
+      yield batch
 
-  monkeypatch.setattr(train_step, 'make_train_step', signalled_at_step_5)
-  assert run_main(run_copy, steps=10) == (code, '')
-  assert checkpoint_steps(run_copy) == [2, 4, 5]
+  monkeypatch.setattr(input_pipeline, 'train_iterator', signal_at_the_seventh_batch)
+  assert run_main(run_copy, steps=20) == (code, '')
+  # The signal arrives while later batches are prefetched: the run stops at the next step.
+  stopped = checkpoint_steps(run_copy)[-1]
+  assert checkpoint_steps(run_copy)[:2] == [2, 4] and 4 < stopped < 20
   if signum == signal.SIGINT:
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f'Interrupted at step 5; the checkpoint is saved in {run_copy}/checkpoints: rerun the '
-        f'same command to resume.')
+        f'Interrupted at step {stopped}; the checkpoint is saved in {run_copy}/checkpoints: '
+        f'rerun the same command to resume.')
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
