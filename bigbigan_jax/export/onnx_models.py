@@ -1,0 +1,106 @@
+"""ONNX export through jax2onnx: encoder.onnx and generator.onnx with a dynamic batch axis.
+
+The networks' arrays become initializers. The encoder takes x and, for a stochastic E, the
+noise of z_sample = z_mean + z_stdev * noise (ONNX has no generator of JAX's random numbers).
+"""
+
+import contextlib
+import io
+import logging
+import os
+
+import jax2onnx
+import onnx
+from jax2onnx.plugins.flax.linen import avg_pool, max_pool
+
+from bigbigan_jax.export import networks as networks_lib
+
+README = """\
+BigBiGAN ONNX networks exported by bigbigan_jax from step {step} (config.json beside this file).
+Inputs and outputs are float32 NHWC; the first axis (batch) is dynamic.
+
+encoder.onnx    x [N, {e}, {e}, {c}] in [-1, 1]{noise}
+                -> z_mean, z_stdev, z_sample, default (= z_sample) [N, {z}],
+                   avepool_feat [N, {f}], bn_crelu_feat [N, {f2}]
+generator.onnx  z [N, {z}] ~ N(0, I)
+                -> default [N, {r}, {r}, {c}] in [-1, 1] (G's EMA weights, standing BN statistics),
+                   upsampled [N, {e}, {e}, {c}] (default bilinearly resized to E's resolution)
+"""
+NOISE_README = ', noise [N, {z}] (z_sample = z_mean + z_stdev * noise)'
+
+
+@contextlib.contextmanager
+def _quiet_conversion():
+  """jax2onnx's flax.linen pooling rewrites accept keyword arguments only, and our layers pass
+  window and strides positionally: turn them off, so pooling converts through lax.reduce_window.
+  The converter also prints debugging lines, which stay off the console."""
+  plugins = (max_pool.MaxPoolPlugin, avg_pool.AvgPoolPlugin)
+  saved = [p.__dict__['binding_specs'] for p in plugins]
+  logger = logging.getLogger('jax2onnx')
+  level = logger.level
+  try:
+    for p in plugins:
+      p.binding_specs = classmethod(lambda cls: [])
+    logger.setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    for p, spec in zip(plugins, saved):
+      p.binding_specs = spec
+    logger.setLevel(level)
+
+
+def _convert(fn, inputs, input_names, output_names, name) -> onnx.ModelProto:
+  model = jax2onnx.to_onnx(fn, inputs, model_name=name, input_names=input_names,
+                           output_names=output_names)
+  # Intermediate shape annotations are partly in the converter's NCHW layout; ONNX Runtime
+  # infers its own, so leave them out rather than have it warn about every mismatch.
+  model.graph.ClearField('value_info')
+  return model
+
+
+def check_expressible(config) -> None:
+  if config.dtype != 'float32':
+    raise networks_lib.ExportError(
+        f'The ONNX export computes in float32 only and this run computes in {config.dtype}; '
+        'pass --dtype=float32 to export it in float32.')
+
+
+def write(networks: networks_lib.Networks, out_dir: str) -> None:
+  """Writes encoder.onnx, generator.onnx, config.json and README.txt into `out_dir`."""
+  config = networks.config
+  check_expressible(config)
+  functions = networks_lib.Functions(config)
+  shapes = networks_lib.input_shapes(config)
+  stochastic = config.encoder.stochastic
+  enc_vars, gen_vars = networks.encoder, networks.generator
+  batch = 'N'
+
+  def encode(x, *noise):
+    out = functions.encode_with_noise(enc_vars, x, noise[0] if noise else None)
+    return tuple(out[k] for k in networks_lib.ENCODE_OUTPUTS)
+
+  def generate(z):
+    out = functions.generate(gen_vars, z)
+    return tuple(out[k] for k in networks_lib.GENERATE_OUTPUTS)
+
+  enc_inputs = [(batch, *shapes['x_encoder'])] + ([(batch, *shapes['z'])] if stochastic else [])
+  enc_names = ['x', 'noise'] if stochastic else ['x']
+  with _quiet_conversion():
+    encoder = _convert(encode, enc_inputs, enc_names, list(networks_lib.ENCODE_OUTPUTS),
+                       'bigbigan_encoder')
+    generator = _convert(generate, [(batch, *shapes['z'])], ['z'],
+                         list(networks_lib.GENERATE_OUTPUTS), 'bigbigan_generator')
+  onnx.save(encoder, os.path.join(out_dir, 'encoder.onnx'))
+  onnx.save(generator, os.path.join(out_dir, 'generator.onnx'))
+  feature_dim = next(o for o in encoder.graph.output if o.name == 'avepool_feat')
+  feature_dim = feature_dim.type.tensor_type.shape.dim[-1].dim_value
+  c = config
+  text = README.format(
+      step=networks.step, z=c.model.z_dim, r=c.model.resolution, e=c.encoder.resolution,
+      c=c.data.num_channels, f=feature_dim, f2=2 * feature_dim,
+      noise=NOISE_README.format(z=c.model.z_dim) if stochastic else '')
+  with open(os.path.join(out_dir, 'README.txt'), 'w') as f:
+    f.write(text)
+  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
