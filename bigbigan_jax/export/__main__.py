@@ -2,109 +2,36 @@
 
 Exports one checkpoint's networks (G's EMA weights with standing BatchNorm statistics, E with
 its running statistics, D with its spectral-norm vectors) as a SavedModel, ONNX files or
-safetensors, by default into `<workdir>/export/<step>/<format>`. The run is only read. The
-export is written beside `--out` first and moved into place when complete, so a failed export
-leaves an earlier one intact.
+safetensors, by default into `<workdir>/export/<step>/<format>`; see exporter.py.
 """
 
 import os
-import shutil
 import sys
-import tempfile
-from typing import Optional
 
-from absl import app, flags
-from etils import epath
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ INFO lines.
 
-from bigbigan_jax.export import networks as networks_lib
+from absl import app, flags  # noqa: E402
 
-FORMATS = ('saved_model', 'onnx', 'safetensors')
-DTYPES = ('float32', 'bfloat16', 'float16')
+from bigbigan_jax.export import exporter  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
 flags.DEFINE_integer('step', None, 'Checkpoint step to export; default the newest.')
-flags.DEFINE_string('format', None, f'One of {", ".join(FORMATS)}.')
+flags.DEFINE_string('format', None, f'One of {", ".join(exporter.FORMATS)}.')
 flags.DEFINE_string('out', None, 'Output directory; default <workdir>/export/<step>/<format>.')
 flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out.')
 flags.DEFINE_string('dtype', None, "Activation dtype of the exported SavedModel or ONNX "
                     "networks; default the run's config.dtype.")
 flags.mark_flags_as_required(['workdir', 'format'])
-ExportError = networks_lib.ExportError
-
-
-def _is_within(path: str, directory: str) -> bool:
-  path, directory = os.path.realpath(path), os.path.realpath(directory)
-  return path == directory or path.startswith(directory + os.sep)
-
-
-def check_out(out: str, workdir: str, overwrite: bool) -> None:
-  """Raises ExportError unless `out` may receive an export of the run in `workdir`."""
-  if _is_within(workdir, out) or _is_within(out, os.path.join(workdir, 'checkpoints')):
-    raise ExportError(f'--out={out} would hold the run or its checkpoints; choose a directory '
-                      'outside them, such as the default <workdir>/export/<step>/<format>.')
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ExportError(f'--out={out} is a file; give a directory.')
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    raise ExportError(f'--out={out} exists and is not empty; pass --overwrite to replace it.')
-
-
-def _writer(fmt: str):
-  """The format's write(networks, out_dir) and its config check (its module loads only here)."""
-  # pylint: disable=g-import-not-at-top
-  if fmt == 'saved_model':
-    from bigbigan_jax.export import saved_model
-    return saved_model.write, lambda config: None
-  if fmt == 'onnx':
-    from bigbigan_jax.export import onnx_models
-    return onnx_models.write, onnx_models.check_expressible
-  from bigbigan_jax.export import weights
-  return (lambda n, out_dir: weights.write(n.trees(), n.config, n.step, out_dir),
-          lambda config: None)
-
-
-def export(workdir: str, fmt: str, out: Optional[str] = None, step: Optional[int] = None,
-           overwrite: bool = False, dtype: Optional[str] = None) -> str:
-  """Exports checkpoint `step` of the run in `workdir` as `fmt`; returns the output directory."""
-  if fmt not in FORMATS:
-    raise ExportError(f'--format={fmt} is not a known format; use one of {", ".join(FORMATS)}.')
-  if dtype is not None and dtype not in DTYPES:
-    raise ExportError(f'--dtype={dtype} is not supported; use one of {", ".join(DTYPES)}.')
-  workdir = os.path.abspath(workdir)
-  if out is not None:
-    check_out(out, workdir, overwrite)
-  config = networks_lib.load_config(epath.Path(workdir), dtype)
-  write, check_config = _writer(fmt)
-  check_config(config)
-  networks = networks_lib.from_checkpoint(epath.Path(workdir), config, step)
-  if out is None:
-    out = os.path.join(workdir, 'export', str(networks.step), fmt)
-    check_out(out, workdir, overwrite)
-  write_atomically(lambda out_dir: write(networks, out_dir), os.path.abspath(out))
-  return out
-
-
-def write_atomically(write, out: str) -> None:
-  """Runs write(directory) on a fresh sibling directory of `out`, then swaps it in for `out`."""
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.', dir=parent)
-  try:
-    write(staging)
-    if os.path.isdir(out):
-      shutil.rmtree(out)
-    os.rename(staging, out)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   try:
-    out = export(FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.step, FLAGS.overwrite, FLAGS.dtype)
-  except (ExportError, FileNotFoundError) as e:
+    out = exporter.export(FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.step, FLAGS.overwrite,
+                          FLAGS.dtype)
+  except (exporter.ExportError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   print(f'Wrote the {FLAGS.format} export of {FLAGS.workdir} to {out}.')
 

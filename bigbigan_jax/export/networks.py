@@ -81,7 +81,7 @@ def from_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict,
   if step not in steps:
     raise ExportError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
   manager = ocp.CheckpointManager(
-      workdir / 'checkpoints', options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+      workdir / 'checkpoints', options=ocp.CheckpointManagerOptions(create=False))
   try:
     state = train.restore(manager, step, config, parallel.make_mesh())
   finally:

@@ -11,12 +11,10 @@ networks' arrays are tf.Variables, so the graph stays small. Signatures:
 import functools
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import tensorflow as tf
+from jax.experimental import jax2tf
 
-import tensorflow as tf  # noqa: E402
-from jax.experimental import jax2tf  # noqa: E402
-
-from bigbigan_jax.export import networks as networks_lib  # noqa: E402
+from bigbigan_jax.export import networks as networks_lib
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 README = """\
