@@ -16,10 +16,6 @@ from etils import epath
 from bigbigan_jax import inference, parallel, train
 from bigbigan_jax.models import bigbigan
 
-ENCODE_OUTPUTS = ('z_mean', 'z_stdev', 'z_sample', 'default', 'avepool_feat', 'bn_crelu_feat')
-GENERATE_OUTPUTS = ('default', 'upsampled')
-DISCRIMINATE_OUTPUTS = ('score_x', 'score_z', 'score_xz')
-
 
 class ExportError(Exception):
   """A problem the user fixes on the command line; printed as one sentence."""
@@ -96,9 +92,12 @@ class Functions:
     self.config = config
     self.models = bigbigan.build_models(config)
 
+  def sample(self, variables, z) -> jax.Array:
+    return self.models.generator.apply(variables, z, train=False)
+
   def generate(self, variables, z) -> dict[str, jax.Array]:
     """G(z) at G's resolution and bilinearly resized to E's (the signature's `upsampled`)."""
-    images = self.models.generator.apply(variables, z, train=False)
+    images = self.sample(variables, z)
     size = self.config.encoder.resolution
     upsampled = jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]),
                                  'linear')

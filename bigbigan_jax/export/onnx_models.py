@@ -2,6 +2,8 @@
 
 The networks' arrays become initializers. The encoder takes x and, for a stochastic E, the
 noise of z_sample = z_mean + z_stdev * noise (ONNX has no generator of JAX's random numbers).
+The SavedModel's aliases are left out (an ONNX value has one name): encode's `default` is
+z_sample, and generate's `upsampled` is a resize of `default`.
 """
 
 import contextlib
@@ -20,12 +22,12 @@ BigBiGAN ONNX networks exported by bigbigan_jax from step {step} (config.json be
 Inputs and outputs are float32 NHWC; the first axis (batch) is dynamic.
 
 encoder.onnx    x [N, {e}, {e}, {c}] in [-1, 1]{noise}
-                -> z_mean, z_stdev, z_sample, default (= z_sample) [N, {z}],
-                   avepool_feat [N, {f}], bn_crelu_feat [N, {f2}]
+                -> z_mean, z_stdev, z_sample [N, {z}], avepool_feat [N, {f}],
+                   bn_crelu_feat [N, {f2}]
 generator.onnx  z [N, {z}] ~ N(0, I)
-                -> default [N, {r}, {r}, {c}] in [-1, 1] (G's EMA weights, standing BN statistics),
-                   upsampled [N, {e}, {e}, {c}] (default bilinearly resized to E's resolution)
+                -> default [N, {r}, {r}, {c}] in [-1, 1] (G's EMA weights, standing BN statistics)
 """
+ENCODER_OUTPUTS = ('z_mean', 'z_stdev', 'z_sample', 'avepool_feat', 'bn_crelu_feat')
 NOISE_README = ', noise [N, {z}] (z_sample = z_mean + z_stdev * noise)'
 
 
@@ -78,19 +80,18 @@ def write(networks: networks_lib.Networks, out_dir: str) -> None:
 
   def encode(x, *noise):
     out = functions.encode_with_noise(enc_vars, x, noise[0] if noise else None)
-    return tuple(out[k] for k in networks_lib.ENCODE_OUTPUTS)
+    return tuple(out[k] for k in ENCODER_OUTPUTS)
 
   def generate(z):
-    out = functions.generate(gen_vars, z)
-    return tuple(out[k] for k in networks_lib.GENERATE_OUTPUTS)
+    return (functions.sample(gen_vars, z),)
 
   enc_inputs = [(batch, *shapes['x_encoder'])] + ([(batch, *shapes['z'])] if stochastic else [])
   enc_names = ['x', 'noise'] if stochastic else ['x']
   with _quiet_conversion():
-    encoder = _convert(encode, enc_inputs, enc_names, list(networks_lib.ENCODE_OUTPUTS),
+    encoder = _convert(encode, enc_inputs, enc_names, list(ENCODER_OUTPUTS),
                        'bigbigan_encoder')
-    generator = _convert(generate, [(batch, *shapes['z'])], ['z'],
-                         list(networks_lib.GENERATE_OUTPUTS), 'bigbigan_generator')
+    generator = _convert(generate, [(batch, *shapes['z'])], ['z'], ['default'],
+                         'bigbigan_generator')
   onnx.save(encoder, os.path.join(out_dir, 'encoder.onnx'))
   onnx.save(generator, os.path.join(out_dir, 'generator.onnx'))
   feature_dim = next(o for o in encoder.graph.output if o.name == 'avepool_feat')

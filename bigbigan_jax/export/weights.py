@@ -28,7 +28,7 @@ def flatten(trees: dict[str, Any], prefix: str = '') -> dict[str, np.ndarray]:
     if isinstance(value, dict):
       out.update(flatten(value, f'{name}/'))
     else:
-      out[name] = np.ascontiguousarray(value)
+      out[name] = np.asarray(value, order='C')  # (ascontiguousarray would make scalars 1-D.)
   return out
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime
 
 OUTPUTS = {
-    'encoder': ['z_mean', 'z_stdev', 'z_sample', 'default', 'avepool_feat', 'bn_crelu_feat'],
-    'generator': ['default', 'upsampled'],
+    'encoder': ['z_mean', 'z_stdev', 'z_sample', 'avepool_feat', 'bn_crelu_feat'],
+    'generator': ['default'],
 }
 
 
