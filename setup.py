@@ -2,6 +2,8 @@
 
 import setuptools
 
+EXPORT_REQUIRES = ['jax2onnx==0.12.5', 'onnx>=1.20.1', 'onnxruntime>=1.24.1', 'safetensors>=0.4']
+
 setuptools.setup(
     name='bigbigan_jax',
     version='0.1.0',
@@ -26,5 +28,10 @@ setuptools.setup(
         'tensorflow-datasets>=4.9.9',
         'importlib_resources',  # TFDS imports it when preparing data but does not list it.
     ],
-    extras_require={'test': ['pytest>=8']},
+    extras_require={
+        # python -m bigbigan_jax.export --format=onnx|safetensors. jax2onnx 0.13 and later pin
+        # orbax-checkpoint<0.11.37, below what this package needs.
+        'export': EXPORT_REQUIRES,
+        'test': ['pytest>=8', *EXPORT_REQUIRES],
+    },
 )

@@ -10,7 +10,7 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ INFO lines.
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from bigbigan_jax.export import exporter  # noqa: E402
 
@@ -28,6 +28,7 @@ flags.mark_flags_as_required(['workdir', 'format'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  logging.set_verbosity(logging.WARNING)  # Restoring logs every step at INFO.
   try:
     out = exporter.export(FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.step, FLAGS.overwrite,
                           FLAGS.dtype)

@@ -34,16 +34,20 @@ def check_out(out: str, workdir: str, overwrite: bool) -> None:
     raise ExportError(f'--out={out} exists and is not empty; pass --overwrite to replace it.')
 
 
-def _writer(fmt: str):
+def writer(fmt: str):
   """The format's write(networks, out_dir) and its config check (its module loads only here)."""
   # pylint: disable=g-import-not-at-top
-  if fmt == 'saved_model':
-    from bigbigan_jax.export import saved_model
-    return saved_model.write, lambda config: None
-  if fmt == 'onnx':
-    from bigbigan_jax.export import onnx_models
-    return onnx_models.write, onnx_models.check_expressible
-  from bigbigan_jax.export import weights
+  try:
+    if fmt == 'saved_model':
+      from bigbigan_jax.export import saved_model
+      return saved_model.write, lambda config: None
+    if fmt == 'onnx':
+      from bigbigan_jax.export import onnx_models
+      return onnx_models.write, onnx_models.check_expressible
+    from bigbigan_jax.export import weights
+  except ImportError as e:
+    raise ExportError(f'--format={fmt} needs {e.name}, which is not installed; pip install '
+                      "'bigbigan_jax[export]'.") from None
   return (lambda n, out_dir: weights.write(n.trees(), n.config, n.step, out_dir),
           lambda config: None)
 
@@ -59,7 +63,7 @@ def export(workdir: str, fmt: str, out: Optional[str] = None, step: Optional[int
   if out is not None:
     check_out(out, workdir, overwrite)
   config = networks_lib.load_config(epath.Path(workdir), dtype)
-  write, check_config = _writer(fmt)
+  write, check_config = writer(fmt)
   check_config(config)
   networks = networks_lib.from_checkpoint(epath.Path(workdir), config, step)
   if out is None:
@@ -76,6 +80,7 @@ def write_atomically(write, out: str) -> None:
   staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.', dir=parent)
   try:
     write(staging)
+    _make_readable(staging)
     if os.path.isdir(out):
       shutil.rmtree(out)
     os.rename(staging, out)
@@ -83,3 +88,16 @@ def write_atomically(write, out: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     raise
 
+
+
+def _make_readable(directory: str) -> None:
+  """Gives the export the permissions of ordinary new files (mkdtemp and some writers use 0o700
+  and 0o600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(directory, 0o777 & ~umask)
+  for root, dirs, files in os.walk(directory):
+    for d in dirs:
+      os.chmod(os.path.join(root, d), 0o777 & ~umask)
+    for f in files:
+      os.chmod(os.path.join(root, f), 0o666 & ~umask)

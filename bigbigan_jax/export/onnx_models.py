@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import warnings
 
 import jax2onnx
 import onnx
@@ -35,7 +36,7 @@ NOISE_README = ', noise [N, {z}] (z_sample = z_mean + z_stdev * noise)'
 def _quiet_conversion():
   """jax2onnx's flax.linen pooling rewrites accept keyword arguments only, and our layers pass
   window and strides positionally: turn them off, so pooling converts through lax.reduce_window.
-  The converter also prints debugging lines, which stay off the console."""
+  The converter's debugging prints and deprecation warnings stay off the console."""
   plugins = (max_pool.MaxPoolPlugin, avg_pool.AvgPoolPlugin)
   saved = [p.__dict__['binding_specs'] for p in plugins]
   logger = logging.getLogger('jax2onnx')
@@ -44,7 +45,8 @@ def _quiet_conversion():
     for p in plugins:
       p.binding_specs = classmethod(lambda cls: [])
     logger.setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+      warnings.simplefilter('ignore', DeprecationWarning)
       yield
   finally:
     for p, spec in zip(plugins, saved):

@@ -52,8 +52,9 @@ def write(trees: dict[str, Any], config: ml_collections.ConfigDict, step: int,
   safetensors_numpy.save_file(flat, os.path.join(out_dir, FILE), metadata=metadata)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     f.write(config_json)
+  lines = [f'  {json.dumps(name)}: {list(a.shape)}' for name, a in sorted(flat.items())]
   with open(os.path.join(out_dir, 'shapes.json'), 'w') as f:
-    json.dump({name: list(a.shape) for name, a in sorted(flat.items())}, f, indent=1)
+    f.write('{\n' + ',\n'.join(lines) + '\n}\n')
 
 
 def load(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
