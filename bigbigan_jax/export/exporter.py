@@ -65,10 +65,11 @@ def export(workdir: str, fmt: str, out: Optional[str] = None, step: Optional[int
   config = networks_lib.load_config(epath.Path(workdir), dtype)
   write, check_config = writer(fmt)
   check_config(config)
-  networks = networks_lib.from_checkpoint(epath.Path(workdir), config, step)
+  step = networks_lib.resolve_step(epath.Path(workdir), step)
   if out is None:
-    out = os.path.join(workdir, 'export', str(networks.step), fmt)
+    out = os.path.join(workdir, 'export', str(step), fmt)
     check_out(out, workdir, overwrite)
+  networks = networks_lib.from_checkpoint(epath.Path(workdir), config, step)
   write_atomically(lambda out_dir: write(networks, out_dir), os.path.abspath(out))
   return out
 
@@ -87,7 +88,6 @@ def write_atomically(write, out: str) -> None:
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
-
 
 
 def _make_readable(directory: str) -> None:

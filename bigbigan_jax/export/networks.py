@@ -67,15 +67,19 @@ def load_config(workdir: epath.Path, dtype: Optional[str] = None) -> ml_collecti
   return config
 
 
-def from_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict,
-                    step: Optional[int] = None) -> Networks:
-  """The networks of `workdir`'s checkpoint `step` (default the newest), read-only."""
+def resolve_step(workdir: epath.Path, step: Optional[int] = None) -> int:
+  """`step` (default the newest) after checking that `workdir` has a checkpoint for it."""
   steps = checkpoint_steps(workdir)
   if not steps:
     raise ExportError(f'No checkpoints in {workdir}/checkpoints; train the run first.')
-  step = steps[-1] if step is None else step
-  if step not in steps:
+  if step is not None and step not in steps:
     raise ExportError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
+  return steps[-1] if step is None else step
+
+
+def from_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict,
+                    step: int) -> Networks:
+  """The networks of `workdir`'s checkpoint `step`, restored without writing anything."""
   manager = ocp.CheckpointManager(
       workdir / 'checkpoints', options=ocp.CheckpointManagerOptions(create=False))
   try:
