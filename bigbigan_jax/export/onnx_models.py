@@ -39,19 +39,21 @@ def _quiet_conversion():
   The converter's debugging prints and deprecation warnings stay off the console."""
   plugins = (max_pool.MaxPoolPlugin, avg_pool.AvgPoolPlugin)
   saved = [p.__dict__['binding_specs'] for p in plugins]
-  logger = logging.getLogger('jax2onnx')
-  level = logger.level
+  loggers = [logging.getLogger(name) for name in ('jax2onnx', 'onnx_ir')]
+  levels = [logger.level for logger in loggers]
   try:
     for p in plugins:
       p.binding_specs = classmethod(lambda cls: [])
-    logger.setLevel(logging.ERROR)
+    for logger in loggers:
+      logger.setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
       warnings.simplefilter('ignore', DeprecationWarning)
       yield
   finally:
     for p, spec in zip(plugins, saved):
       p.binding_specs = spec
-    logger.setLevel(level)
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
 
 
 def _convert(fn, inputs, input_names, output_names, name) -> onnx.ModelProto:
