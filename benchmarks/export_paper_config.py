@@ -33,7 +33,7 @@ flags.DEFINE_integer('encode_batch', 16, 'Batch of images for the encode through
 flags.DEFINE_integer('encode_repeats', 3, 'Timed encode calls after one warm-up call.')
 
 
-def _size_mb(path: str) -> float:
+def _size_mib(path: str) -> float:
   if os.path.isfile(path):
     return os.path.getsize(path) / 2**20
   return sum(os.path.getsize(os.path.join(root, f))
@@ -87,9 +87,9 @@ def main(argv):
     check(config)
     t = time.perf_counter()
     exporter.write_atomically(lambda d: write(nets, d), out)
-    files = ', '.join(f'{f} {_size_mb(os.path.join(out, f)):.0f} MB'
-                      for f in sorted(os.listdir(out)) if _size_mb(os.path.join(out, f)) >= 1)
-    print(f'{fmt}: {time.perf_counter() - t:.1f} s, {_size_mb(out):.0f} MB ({files})', flush=True)
+    files = ', '.join(f'{f} {_size_mib(os.path.join(out, f)):.0f} MiB'
+                      for f in sorted(os.listdir(out)) if _size_mib(os.path.join(out, f)) >= 1)
+    print(f'{fmt}: {time.perf_counter() - t:.1f} s, {_size_mib(out):.0f} MiB ({files})', flush=True)
     if fmt == 'saved_model':
       print(_encode_throughput(out, config), flush=True)
 
