@@ -121,6 +121,24 @@ def test_onnx_encoder_and_generator_match_inference(run, reference, tmp_path):
   _consume('onnxruntime_consumer.py', out, tmp_path / 'reference.npz')
 
 
+def test_onnx_deterministic_encoder_has_one_latent_output(run):
+  """A deterministic E's z_sample is z_mean: the ONNX encoder names that value once."""
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  from bigbigan_jax.export import networks, onnx_models  # pylint: disable=g-import-not-at-top
+  config = train.load_config(run[0])
+  config.encoder.stochastic = False
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  encoder = networks.Functions(config).models.encoder
+  variables = jax.device_get(encoder.init(jax.random.PRNGKey(0), x[:1], train=False))
+  model = onnx_models.encoder_model(networks.Networks(config, 0, {}, variables, {}))
+  session = onnxruntime.InferenceSession(model.SerializeToString())
+  assert [i.name for i in session.get_inputs()] == ['x']
+  assert [o.name for o in session.get_outputs()] == ['z_mean', 'avepool_feat', 'bn_crelu_feat']
+  want = encoder.apply(variables, x, train=False)
+  for output, got in zip(session.get_outputs(), session.run(None, {'x': x})):
+    np.testing.assert_allclose(got, want[output.name], rtol=1e-4, atol=1e-4)
+
+
 def test_safetensors_round_trip_is_exact_and_run_untouched(run, tmp_path):
   source, config, state, standing = run
   workdir = tmp_path / 'run'

@@ -114,9 +114,8 @@ class Functions:
     return {**out, 'default': out['z_sample']}
 
   def encode_with_noise(self, variables, x, noise) -> dict[str, jax.Array]:
-    """E(x) with z_sample = z_mean + z_stdev * noise."""
-    out = self.models.encoder.apply(variables, x, train=False, noise=noise)
-    return {**out, 'default': out['z_sample']}
+    """E(x) with z_sample = z_mean + z_stdev * noise (z_mean when `noise` is None)."""
+    return self.models.encoder.apply(variables, x, train=False, noise=noise)
 
   def discriminate(self, variables, x, z) -> dict[str, jax.Array]:
     return self.models.discriminator.apply(variables, x, z, train=False)

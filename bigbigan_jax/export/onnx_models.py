@@ -3,7 +3,8 @@
 The networks' arrays become initializers. The encoder takes x and, for a stochastic E, the
 noise of z_sample = z_mean + z_stdev * noise (ONNX has no generator of JAX's random numbers).
 The SavedModel's aliases are left out (an ONNX value has one name): encode's `default` is
-z_sample, and generate's `upsampled` is a resize of `default`.
+z_sample, and generate's `upsampled` is a resize of `default`; a deterministic E returns only
+z_mean of the three latent outputs (its z_sample is z_mean and its z_stdev 0).
 """
 
 import contextlib
@@ -23,12 +24,17 @@ BigBiGAN ONNX networks exported by bigbigan_jax from step {step} (config.json be
 Inputs and outputs are float32 NHWC; the first axis (batch) is dynamic.
 
 encoder.onnx    x [N, {e}, {e}, {c}] in [-1, 1]{noise}
-                -> z_mean, z_stdev, z_sample [N, {z}], avepool_feat [N, {f}],
-                   bn_crelu_feat [N, {f2}]
+                -> {latents} [N, {z}], avepool_feat [N, {f}], bn_crelu_feat [N, {f2}]
 generator.onnx  z [N, {z}] ~ N(0, I)
                 -> default [N, {r}, {r}, {c}] in [-1, 1] (G's EMA weights, standing BN statistics)
 """
-ENCODER_OUTPUTS = ('z_mean', 'z_stdev', 'z_sample', 'avepool_feat', 'bn_crelu_feat')
+FEATURES = ('avepool_feat', 'bn_crelu_feat')
+BATCH = 'N'  # The dynamic batch axis.
+
+
+def encoder_outputs(config) -> tuple[str, ...]:
+  latents = ('z_mean', 'z_stdev', 'z_sample') if config.encoder.stochastic else ('z_mean',)
+  return latents + FEATURES
 NOISE_README = ', noise [N, {z}] (z_sample = z_mean + z_stdev * noise)'
 
 
@@ -72,40 +78,49 @@ def check_expressible(config) -> None:
         'pass --dtype=float32 to export it in float32.')
 
 
-def write(networks: networks_lib.Networks, out_dir: str) -> None:
-  """Writes encoder.onnx, generator.onnx, config.json and README.txt into `out_dir`."""
+def encoder_model(networks: networks_lib.Networks) -> onnx.ModelProto:
+  """E with its running statistics: x (and noise for a stochastic E) -> encoder_outputs."""
   config = networks.config
   check_expressible(config)
   functions = networks_lib.Functions(config)
   shapes = networks_lib.input_shapes(config)
-  stochastic = config.encoder.stochastic
-  enc_vars, gen_vars = networks.encoder, networks.generator
-  batch = 'N'
+  outputs = encoder_outputs(config)
 
   def encode(x, *noise):
-    out = functions.encode_with_noise(enc_vars, x, noise[0] if noise else None)
-    return tuple(out[k] for k in ENCODER_OUTPUTS)
+    out = functions.encode_with_noise(networks.encoder, x, noise[0] if noise else None)
+    return tuple(out[k] for k in outputs)
 
-  def generate(z):
-    return (functions.sample(gen_vars, z),)
-
-  enc_inputs = [(batch, *shapes['x_encoder'])] + ([(batch, *shapes['z'])] if stochastic else [])
-  enc_names = ['x', 'noise'] if stochastic else ['x']
+  inputs, names = [(BATCH, *shapes['x_encoder'])], ['x']
+  if config.encoder.stochastic:
+    inputs, names = inputs + [(BATCH, *shapes['z'])], names + ['noise']
   with _quiet_conversion():
-    encoder = _convert(encode, enc_inputs, enc_names, list(ENCODER_OUTPUTS),
-                       'bigbigan_encoder')
-    generator = _convert(generate, [(batch, *shapes['z'])], ['z'], ['default'],
-                         'bigbigan_generator')
+    return _convert(encode, inputs, names, list(outputs), 'bigbigan_encoder')
+
+
+def generator_model(networks: networks_lib.Networks) -> onnx.ModelProto:
+  """G's EMA weights with standing statistics: z -> default."""
+  check_expressible(networks.config)
+  functions = networks_lib.Functions(networks.config)
+  z_shape = networks_lib.input_shapes(networks.config)['z']
+  generate = lambda z: (functions.sample(networks.generator, z),)
+  with _quiet_conversion():
+    return _convert(generate, [(BATCH, *z_shape)], ['z'], ['default'], 'bigbigan_generator')
+
+
+def write(networks: networks_lib.Networks, out_dir: str) -> None:
+  """Writes encoder.onnx, generator.onnx, config.json and README.txt into `out_dir`."""
+  encoder = encoder_model(networks)
   onnx.save(encoder, os.path.join(out_dir, 'encoder.onnx'))
-  onnx.save(generator, os.path.join(out_dir, 'generator.onnx'))
+  onnx.save(generator_model(networks), os.path.join(out_dir, 'generator.onnx'))
   feature_dim = next(o for o in encoder.graph.output if o.name == 'avepool_feat')
   feature_dim = feature_dim.type.tensor_type.shape.dim[-1].dim_value
-  c = config
+  c = networks.config
   text = README.format(
       step=networks.step, z=c.model.z_dim, r=c.model.resolution, e=c.encoder.resolution,
       c=c.data.num_channels, f=feature_dim, f2=2 * feature_dim,
-      noise=NOISE_README.format(z=c.model.z_dim) if stochastic else '')
+      latents=', '.join(o for o in encoder_outputs(c) if o not in FEATURES),
+      noise=NOISE_README.format(z=c.model.z_dim) if c.encoder.stochastic else '')
   with open(os.path.join(out_dir, 'README.txt'), 'w') as f:
     f.write(text)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+    f.write(c.to_json_best_effort(indent=2))
