@@ -2,6 +2,8 @@
 
 import setuptools
 
+EXPORT_REQUIRES = ['jax2onnx==0.12.5', 'onnx>=1.20.1', 'onnxruntime>=1.24.1', 'safetensors>=0.4']
+
 setuptools.setup(
     name='bigbigan_jax',
     version='0.1.0',
@@ -27,7 +29,10 @@ setuptools.setup(
         'importlib_resources',  # TFDS imports it when preparing data but does not list it.
     ],
     extras_require={
-        'test': ['pytest>=8'],
+        # python -m bigbigan_jax.export --format=onnx|safetensors. jax2onnx 0.13 and later pin
+        # orbax-checkpoint<0.11.37, below what this package needs.
+        'export': EXPORT_REQUIRES,
+        'test': ['pytest>=8', *EXPORT_REQUIRES],
         # NVIDIA GPUs through JAX's pip CUDA wheels: CUDA 12 (driver >= 525), or CUDA 13
         # (driver >= 580) with the cuda13 extra.
         'cuda': ['jax[cuda12]>=0.10.2'],
