@@ -9,8 +9,9 @@
 #      (optional, same warm machine: "bash benchmarks/gpu_check.sh more" for dense attention,
 #      remat with float32 residuals, and d_steps 2 with remat)
 # Pure-Python wheels import straight from the .whl files on PYTHONPATH (PyYAML without its C
-# speed-up), so nothing is installed there. Results: $OUT/train_step.jsonl (one JSON line per run),
-# $OUT/gpu_check.log, and a 3-step profile of the first run in $OUT/trace.
+# speed-up), so nothing is installed there. MFU is against the H100's measured 778 TFLOP/s (bf16
+# matrix product, DESIGN.md), as issue 11's target is. Results: $OUT/train_step.jsonl (one JSON
+# line per run), $OUT/gpu_check.log, and a 3-step profile of the first run in $OUT/trace.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.wheels
@@ -37,7 +38,7 @@ bench() {  # bench NAME FLAGS...: one benchmark run; a failure (e.g. out of memo
   local name=$1; shift
   echo "== $name" | tee -a "$OUT/gpu_check.log"
   timeout 200 "$PYTHON" benchmarks/train_step.py --config=configs/imagenet128.py \
-    --config.batch_size=128 --steps=10 --warmup=2 --json="$OUT/train_step.jsonl" "$@" \
+    --config.batch_size=128 --steps=10 --warmup=2 --peak_tflops=778 --json="$OUT/train_step.jsonl" "$@" \
     2>&1 | grep -v '^I0000\|^W0000' | tail -6 | tee -a "$OUT/gpu_check.log"
 }
 
