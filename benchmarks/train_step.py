@@ -168,6 +168,7 @@ def main(argv):
     achieved = flops / step_s / devices / 1e12
     stats = device.memory_stats() or {}
     result.update({
+        'timed_steps': FLAGS.steps, 'profiled': bool(FLAGS.profile),
         's_per_step': step_s, 'images_per_s': config.batch_size / step_s,
         'tflops_per_device': achieved, 'peak_tflops_per_device': peak,
         'mfu': achieved / peak if peak else None,

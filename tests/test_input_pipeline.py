@@ -97,6 +97,17 @@ def test_uint8_e_view_is_the_float_resize_rounded():
   assert np.abs(uint8_view - float_view).max() > 0.1 / 127.5  # Rounding, not a copy.
 
 
+@pytest.mark.parametrize('shape', [(20, 32), (32, 11), (40, 25)])
+def test_e_resolution_is_the_antialiased_resize(shape):
+  """Enlarging images skip antialiasing, which changes nothing there but float rounding."""
+  image = np.random.default_rng(2).integers(0, 256, (*shape, 3), np.uint8)
+  resized = tf.image.resize(image, [32, 32], method='bicubic', antialias=True).numpy()
+  expected = np.round(np.clip(resized, 0, 255))
+  actual = input_pipeline._to_e_resolution(image, 32).numpy().astype(np.float32)
+  assert np.abs(actual - expected).max() <= 1
+  assert np.mean(actual != expected) < 0.01
+
+
 @pytest.mark.parametrize('d_res', [32, 16, 24])
 def test_d_view_matches_tensorflow(d_res):
   """D's view on the device equals what tf.data computed before batches became uint8."""
@@ -130,8 +141,24 @@ def test_resume_equals_skipping(mock_imagenet, start_step):
 
 def test_inception_crop_falls_back_to_centre_crop():
   # No box of aspect ratio in [3/4, 4/3] covers 8% of a 3x300 image.
-  crop = input_pipeline._inception_crop(np.zeros([3, 300, 1], np.uint8), np.array([0, 1]))
-  assert crop.shape == (2, 2, 1)
+  window = input_pipeline._crop_window(tf.constant([3, 300, 1]), tf.constant([0, 1]))
+  assert window.numpy().tolist() == [0, 149, 2, 2]
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_jpeg_crop_decodes_only_the_window_but_equals_decode_then_crop(channels):
+  rng = np.random.default_rng(3)
+  pixels = np.clip(rng.normal(128, 60, (70, 90, 3)), 0, 255).astype(np.uint8)
+  jpeg, png = (tf.io.encode_jpeg(pixels).numpy(), tf.io.encode_png(pixels).numpy())
+  for seed in ([0, 1], [5, 9], [7, 2]):
+    seed = tf.constant(seed)
+    window = input_pipeline._crop_window(tf.constant([70, 90, channels]), seed).numpy()
+    top, left, height, width = window
+    decoded = tf.io.decode_image(jpeg, channels=channels).numpy()
+    crop = input_pipeline._inception_crop(jpeg, channels, seed).numpy()
+    np.testing.assert_array_equal(crop, decoded[top:top + height, left:left + width])
+    png_crop = input_pipeline._inception_crop(png, channels, seed).numpy()
+    assert png_crop.shape == crop.shape
 
 
 def test_train_epochs_are_reshuffled_process_slices(tiny_fashion):
