@@ -3,7 +3,6 @@
 import os
 import re
 import sys
-from typing import Optional
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,9 +17,6 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a mu
 flags.DEFINE_integer('num_processes', None, 'Processes in that run (or $JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', None, "This process's index in it (or $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(['config'])
-
-EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C.
-
 
 def quiet_library_logs() -> None:
   """Keeps other libraries' INFO lines (orbax, TFDS, JAX) out of the console unless
@@ -74,41 +70,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   quiet_library_logs()
-  run(FLAGS.config, FLAGS.workdir, (FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id))
-
-
-def run(config, workdir: Optional[str], cluster: tuple = (None, None, None)) -> None:
-  """Trains `config` in `workdir`; a problem the user can fix exits with one line.
-
-  `cluster` is (coordinator address, process count, process id) of a multi-process run, each
-  None to take it from the environment.
-  """
-  # Imported here so that --help and flag errors stay fast.
-  import jax  # pylint: disable=g-import-not-at-top
-  from bigbigan_jax import config_checks, parallel, train  # pylint: disable=g-import-not-at-top
-  from bigbigan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-
-  try:
-    joined = parallel.initialize_distributed(*cluster)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
-  logging.info('Process %d of %d (%s); %d local and %d global devices.', jax.process_index(),
-               jax.process_count(), joined or 'single process', jax.local_device_count(),
-               jax.device_count())
-  workdir = workdir or os.path.join('runs', config.name)
-  logging.info('Workdir: %s', workdir)
-  try:
-    train.train_and_evaluate(config, workdir, evaluator.periodic_evaluator(config, workdir))
-  except train.Interrupted as e:
-    print(e, file=sys.stderr)
-    sys.exit(EXIT_INTERRUPTED)
-  except KeyboardInterrupt:
-    print('Interrupted before a checkpoint could be saved; rerun the same command to resume '
-          'from the newest one.', file=sys.stderr)
-    sys.exit(EXIT_INTERRUPTED)
-  except (config_checks.ConfigError, train.TrainingStopped, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+  # Imported after flag parsing so that --help and flag errors stay fast.
+  from bigbigan_jax import training_command  # pylint: disable=g-import-not-at-top
+  training_command.run(FLAGS.config, FLAGS.workdir,
+                       (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@ starts it with XLA_FLAGS giving it 2 CPU devices).
 
 usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_BATCH
 
-Runs main.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM when its input
+Runs training_command.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM when its input
 pipeline yields batch SIGTERM_AT_BATCH (0: never), as a preempted host would receive it. A run
 not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the end each process
 writes its final state's step, a digest of every array and those steps' metrics to
@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from conftest import tiny_training_config
 
-from bigbigan_jax import main, parallel, train, train_step
+from bigbigan_jax import parallel, train, train_step, training_command
 
 EXTRA_STEPS = 2
 
@@ -41,7 +41,7 @@ def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int) -
 
   train.train_and_evaluate, train.input_pipeline.train_iterator = keep_final_state, preempted_at
   with tfds.testing.mock_data(num_examples=64):
-    main.run(tiny_training_config(steps), workdir, (f'127.0.0.1:{port}', 2, process_id))
+    training_command.run(tiny_training_config(steps), workdir, (f'127.0.0.1:{port}', 2, process_id))
   state, metrics = final['state'], []
   if not sigterm_at:  # Then also the same global batches as a 1-process x 4-device run.
     state, metrics = extra_steps(state, tiny_training_config(steps), process_id)

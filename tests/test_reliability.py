@@ -1,4 +1,5 @@
-"""What the training program does when things go wrong, through its entry point main.
+"""What the training program does when things go wrong: flag errors through `python -m
+bigbigan_jax.main`, the rest through training_command.run, which main runs once flags parse.
 
 Each case asserts the one-sentence message, the exit code, and that the run's earlier
 checkpoints and config.json are intact.
@@ -19,7 +20,7 @@ import tensorflow_datasets as tfds
 from conftest import tiny_training_config
 from PIL import Image
 
-from bigbigan_jax import input_pipeline, main, train
+from bigbigan_jax import input_pipeline, train, training_command
 from bigbigan_jax.datasets import fashion_mnist_local
 from test_input_pipeline import _write_idx as write_idx
 
@@ -28,12 +29,12 @@ TINY = f'{REPO}/configs/tiny.py'
 
 
 def run_main(workdir, steps=4, **overrides):
-  """main.run's exit code and message for the tiny run's settings with `overrides` (keys as in
+  """training_command.run's exit code and message for the tiny run's settings with `overrides` (keys as in
   default_config.tiny_config), on mock data; (0, '') when it ends normally."""
   config = tiny_training_config(steps, **overrides)
   try:
     with tfds.testing.mock_data(num_examples=64):
-      main.run(config, str(workdir))
+      training_command.run(config, str(workdir))
   except SystemExit as e:
     return (1, e.code) if isinstance(e.code, str) else (e.code, '')
   return 0, ''
