@@ -156,7 +156,7 @@ def prepare_workdir(workdir: epath.Path) -> None:
   """Creates the workdir, or says in one sentence why it cannot be used."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / '.write_test'
+    probe = workdir / f'.write_test_{jax.process_index()}'  # One per process of a pod.
     probe.write_text('')
     probe.unlink()
   except (FileExistsError, NotADirectoryError) as e:
@@ -259,8 +259,8 @@ class GridWriter:
       grids.save_png(self.image_dir / f'reconstructions_{step:07d}.png', grid_r)
 
   def real_at_d_resolution(self):
-    r = self.config.model.resolution
-    return jax.image.resize(self.real, (self.real.shape[0], r, r, self.real.shape[-1]), 'linear')
+    """The grid's real images as D sees them (2x2-pooled when E's resolution is twice D's)."""
+    return image_views.d_view(self.real, self.config.model.resolution)
 
 
 def _mean_metrics(history: list[tuple[int, dict[str, jax.Array]]]) -> dict[str, float]:
