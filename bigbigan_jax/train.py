@@ -96,8 +96,9 @@ def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_st
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_state(config, mesh)))
 
 
-# What orbax and tensorstore raise for a checkpoint with missing or damaged files.
-UNREADABLE_CHECKPOINT = (OSError, ValueError, KeyError)
+# What orbax raises for a checkpoint with missing or damaged files: OSError, ValueError and
+# KeyError for its own checks, and a bare Exception wrapping tensorstore's read errors.
+UNREADABLE_CHECKPOINT = Exception
 
 
 def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.TrainState:

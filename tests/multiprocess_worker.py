@@ -3,11 +3,11 @@ starts it with XLA_FLAGS giving it 2 CPU devices).
 
 usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_BATCH
 
-Runs training_command.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM when its input
-pipeline yields batch SIGTERM_AT_BATCH (0: never), as a preempted host would receive it. A run
-not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the end each process
-writes its final state's step, a digest of every array and those steps' metrics to
-WORKDIR/state_<id>.npz.
+Runs training_command.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM
+when its input pipeline yields batch SIGTERM_AT_BATCH (0: never), as a preempted host would
+receive it. A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the
+end each process writes its final state's step, a digest of every array and those steps'
+metrics to WORKDIR/state_<id>.npz.
 """
 
 import os
@@ -40,11 +40,12 @@ def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int) -
       yield batch
 
   train.train_and_evaluate, train.input_pipeline.train_iterator = keep_final_state, preempted_at
+  config = tiny_training_config(steps, image_every_steps=1000)  # Grids at the end only.
   with tfds.testing.mock_data(num_examples=64):
-    training_command.run(tiny_training_config(steps), workdir, (f'127.0.0.1:{port}', 2, process_id))
+    training_command.run(config, workdir, (f'127.0.0.1:{port}', 2, process_id))
   state, metrics = final['state'], []
   if not sigterm_at:  # Then also the same global batches as a 1-process x 4-device run.
-    state, metrics = extra_steps(state, tiny_training_config(steps), process_id)
+    state, metrics = extra_steps(state, config, process_id)
   state = jax.device_get(state)
   np.savez(os.path.join(workdir, f'state_{process_id}.npz'), step=int(state.step),
            digest=digest(state), metrics=np.asarray(metrics))

@@ -54,28 +54,28 @@ def checkpoint_steps(workdir):
 
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_path):
-  codes, errors = run_two_processes(tmp_path, steps=8, sigterm_at=3)
+  codes, errors = run_two_processes(tmp_path, steps=4, sigterm_at=2)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
   # Both processes stopped after the same step and saved it.
-  assert steps[0] == steps[1] and 1 <= steps[0] < 8
+  assert steps[0] == steps[1] and 1 <= steps[0] < 4
   assert steps[0] in checkpoint_steps(tmp_path)
   np.testing.assert_array_equal(digests[0], digests[1])
   assert 'Stopping at step' in errors[0] and 'Process 0 of 2' in errors[0]
 
-  codes, errors = run_two_processes(tmp_path, steps=8, sigterm_at=0)
+  codes, errors = run_two_processes(tmp_path, steps=4, sigterm_at=0)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
   extra = multiprocess_worker.EXTRA_STEPS
-  assert steps == [8 + extra] * 2
+  assert steps == [4 + extra] * 2
   np.testing.assert_array_equal(digests[0], digests[1])
-  assert checkpoint_steps(tmp_path)[-1] == 8
+  assert checkpoint_steps(tmp_path)[-1] == 4
 
   # The steps after it, fed the same global batches, equal one process with four devices.
-  config = tiny_training_config(8)
+  config = tiny_training_config(4)
   mesh = parallel.make_mesh()
   manager = train.checkpoint_manager(tmp_path, config)
-  state = train.restore(manager, 8, config, mesh)
+  state = train.restore(manager, 4, config, mesh)
   manager.close()
   step = train_step.make_train_step(config, mesh)
   metrics = []
