@@ -1,5 +1,6 @@
 """Trains BigBiGAN: python -m bigbigan_jax.main --config=configs/imagenet128.py [--workdir=...]."""
 
+import logging as python_logging
 import os
 import re
 import sys
@@ -24,13 +25,14 @@ def quiet_library_logs() -> None:
   and metric lines stay."""
   if FLAGS.verbosity > 0:
     return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO lines (imported later).
   own = (os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}')
 
   def keep(record) -> bool:
     if record.pathname.startswith(own[0]) or own[1] in record.pathname:
       return True
     record.exc_info = record.exc_text = None
-    return record.levelno >= logging.WARNING
+    return record.levelno >= python_logging.WARNING  # absl's WARNING is its verbosity, -1.
 
   logging.get_absl_handler().addFilter(keep)
 
