@@ -195,10 +195,7 @@ class _Checkpoints:
 
   def save(self, step: int, state: train_step.TrainState) -> None:
     if not bool(_all_finite(state)):
-      raise TrainingStopped(
-          f'Training diverged: the state at step {step} holds non-finite values and was not '
-          f'saved; {self.newest()}: resume from it with lower learning rates '
-          f'(e.g. --config.optim.d_lr=... --config.allow_changes=optim).')
+      raise self.diverged(f'the state at step {step} holds non-finite values')
     self.check_for_errors()
     if self.before_first_save is not None:
       self.before_first_save()
@@ -219,6 +216,12 @@ class _Checkpoints:
       raise self.failed(self.pending, e) from None
     if self.pending is not None and not self.manager.is_saving_in_progress():
       self.last_good, self.pending = self.pending, None
+
+  def diverged(self, what: str) -> TrainingStopped:
+    return TrainingStopped(
+        f'Training diverged: {what}; nothing non-finite was saved and {self.newest()}: resume '
+        f'from it with lower learning rates (e.g. --config.optim.d_lr=... '
+        f'--config.allow_changes=optim).')
 
   def failed(self, step, error: BaseException) -> TrainingStopped:
     return TrainingStopped(
@@ -336,11 +339,8 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
       if step % config.log_every_steps == 0 or last:
         bad_step, means = _mean_metrics(history)
         if bad_step is not None:
-          raise TrainingStopped(
-              f'Training diverged: {", ".join(f"{k}={v}" for k, v in sorted(means.items())[:3])} '
-              f'at step {bad_step}; nothing non-finite was saved and {checkpoints.newest()}: '
-              f'resume from it with lower learning rates (e.g. --config.optim.d_lr=... '
-              f'--config.allow_changes=optim).')
+          bad = ', '.join(f'{k}={v}' for k, v in sorted(means.items())[:3])
+          raise checkpoints.diverged(f'{bad} at step {bad_step}')
         writer.write_scalars(step, {**means, **learning_rates})
         history = []
       if step % config.image_every_steps == 0 or last:
