@@ -86,13 +86,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   if config.data.augment not in AUGMENTATIONS:
     raise ConfigError(f'data.augment={config.data.augment!r} is not supported; '
                       f'use one of {AUGMENTATIONS}.')
+  if config.data.in_memory and config.data.augment != 'resize':
+    raise ConfigError(f"data.in_memory=True supports data.augment='resize', not "
+                      f'{config.data.augment!r}; random crops run in the tf.data path.')
 
 
 # Fields a resumed run may change freely: they change neither shapes nor what is trained.
 BOOKKEEPING = ('name', 'allow_changes', 'num_train_steps', 'log_every_steps', 'image_every_steps',
                'checkpoint_every_steps', 'keep_checkpoints', 'num_grid_images',
                'standing_stats_batches', 'eval', 'data.data_dir', 'data.prefetch',
-               'data.tf_threads')
+               'data.tf_threads', 'data.cache_dir')
 
 
 def _leaves(tree: dict, prefix: str = '') -> dict:

@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.shuffle_buffer = 16_384  # Examples in the tf.data shuffle buffer per process.
   c.data.prefetch = 2  # Batches prefetched to the devices.
   c.data.tf_threads = 0  # tf.data's private thread pool per process; 0: all cores.
+  # Keep the split on every device and batch, shuffle and augment there (augment='resize'
+  # only); reads a .npz cache without TensorFlow. For datasets that fit in device memory.
+  c.data.in_memory = False
+  c.data.cache_dir = ''  # The in-memory path's .npz cache; '' = <data_dir or ~/tensorflow_datasets>/in_memory.
 
   c.model = ml_collections.ConfigDict()
   c.model.resolution = 128  # G output and F input size: 32, 64, 128 or 256.

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from bigbigan_jax.config_checks import ConfigError
 from bigbigan_jax.datasets import fashion_mnist_local, sources
 
 tf.config.set_visible_devices([], 'GPU')
@@ -321,3 +322,30 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, batch_size: int
   ds = ds.concatenate(_padding(config)).take(num_batches * per_process).batch(per_process)
   ds = ds.prefetch(config.data.prefetch).with_options(_options(config))
   return ds.as_numpy_iterator()
+
+
+def decoded_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 [N, H, W, C], labels [N]) of the whole split, decoded, for the in-memory path.
+
+  Images that cannot be decoded are left out (and counted in the log).
+  """
+  builder = _builder(config)
+  ds = _read(builder, split, 0, 1)
+  total = int(ds.cardinality())
+  ds = ds.map(lambda ex: {'image': _decode(ex['image'], config.data.num_channels),
+                          'label': ex['label']},
+              num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  images, labels = [], []
+  for example in ds.with_options(_options(config)).as_numpy_iterator():
+    if images and example['image'].shape != images[0].shape:
+      raise ConfigError(
+          f'data.in_memory needs images of one size, and {config.data.dataset} {split} has '
+          f'{images[0].shape} and {example["image"].shape}; use the tf.data path '
+          '(data.in_memory=False).')
+    images.append(example['image'])
+    labels.append(example['label'])
+  if len(images) < total:
+    logging.warning('Left out %d images of %s that cannot be decoded.', total - len(images), split)
+  if not images:
+    raise ConfigError(f'{config.data.dataset} {split} has no images that can be decoded.')
+  return np.stack(images), np.asarray(labels, np.int64)

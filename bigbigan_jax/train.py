@@ -20,12 +20,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bigbigan_jax import (config_checks, default_config, image_views, inference, input_pipeline,
-                          parallel, train_step)
+from bigbigan_jax import (config_checks, data, default_config, image_views, inference, parallel,
+                          run_log, train_step)
 from bigbigan_jax.evaluation import grids
 
 STANDING_STATS_BATCH = 256  # G forward passes for standing statistics run replicated.
@@ -306,21 +305,20 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
     logging.info('Already trained %d of %d steps; nothing to do.', start, config.num_train_steps)
     return state
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer, progress = run_log.writer_and_progress(workdir, config.num_train_steps,
+                                                 log_only=jax.process_index() > 0)
   step_fn = train_step.make_train_step(config, mesh)
-  batches = input_pipeline.train_iterator(config, start_step=start)
-  first = next(batches)
-  draw_grids = GridWriter(config, workdir, writer,
-                          np.asarray(image_views.to_float(first['image'][0])))
-  device_batches = parallel.prefetch_to_mesh(mesh, itertools.chain([first], batches), config.data.prefetch)
+  device_batches = data.train_batches(config, mesh, start_step=start)
   first_batch = next(device_batches)
+  grid_images = multihost_utils.process_allgather(first_batch['image'][0, :config.num_grid_images],
+                                                  tiled=True)
+  draw_grids = GridWriter(config, workdir, writer, np.asarray(image_views.to_float(grid_images)))
   step_fn = compile_on_every_process(step_fn, state, first_batch)
   device_batches = itertools.chain([first_batch], device_batches)
 
   # The config is the run's once a checkpoint trained with it is written.
   checkpoints = _Checkpoints(
       manager, lambda: jax.process_index() == 0 and save_config(workdir, config))
-  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   learning_rates = {'lr_d': config.optim.d_lr, 'lr_g': config.optim.g_lr,
                     'lr_e': config.optim.g_lr * config.optim.e_lr_mult}
   if start == 0:

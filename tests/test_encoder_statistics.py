@@ -54,7 +54,7 @@ def test_measure_stops_at_the_first_padded_batch(monkeypatch):
     asked.append((split, batch_size, num_examples))
     return iter([{'image': x, 'mask': m.astype(np.float32)} for x, m in zip(images, masks)])
 
-  monkeypatch.setattr(encoder_statistics.input_pipeline, 'eval_iterator', eval_iterator)
+  monkeypatch.setattr(encoder_statistics.data, 'eval_batches', eval_iterator)
   measured = encoder_statistics.measure(c, mesh, state.e_params, state.e_batch_stats, 'train', 4)
   expected = encoder_statistics.measure_batches(
       c, mesh, state.e_params, state.e_batch_stats,

@@ -8,10 +8,10 @@ import pytest
 
 from bigbigan_jax import default_config
 from bigbigan_jax import input_pipeline
-from bigbigan_jax.datasets import fashion_mnist_local
+from bigbigan_jax.datasets import fashion_mnist_local, idx_files
 
 pytestmark = pytest.mark.skipif(
-    not os.path.isdir(fashion_mnist_local.source_dir()),
+    not os.path.isdir(idx_files.source_dir()),
     reason='needs `apt-get install dataset-fashion-mnist`')
 
 
@@ -46,18 +46,18 @@ def test_train_iterator_reads_it(builder):
 
 
 def test_missing_files_error(tmp_path, monkeypatch):
-  monkeypatch.setenv(fashion_mnist_local.DIR_ENV_VAR, str(tmp_path))
+  monkeypatch.setenv(idx_files.DIR_ENV_VAR, str(tmp_path))
   builder = fashion_mnist_local.FashionMnistLocal(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist') as error:
     builder.download_and_prepare()
   assert str(tmp_path) in str(error.value)
-  assert fashion_mnist_local.DIR_ENV_VAR in str(error.value)
+  assert idx_files.DIR_ENV_VAR in str(error.value)
 
 
 def test_read_idx_checks_magic(tmp_path):
   path = tmp_path / 'bad.gz'
   with gzip.open(path, 'wb') as f:
     f.write(np.array([0x0801, 1], '>u4').tobytes() + b'\x07')
-  assert fashion_mnist_local.read_idx(str(path), ndim=1).tolist() == [7]
+  assert idx_files.read_idx(str(path), ndim=1).tolist() == [7]
   with pytest.raises(ValueError, match='magic number 2049, expected 2051'):
-    fashion_mnist_local.read_idx(str(path), ndim=3)
+    idx_files.read_idx(str(path), ndim=3)

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from bigbigan_jax import default_config
 from bigbigan_jax import image_views
 from bigbigan_jax import input_pipeline
-from bigbigan_jax.datasets import fashion_mnist_local
+from bigbigan_jax.datasets import fashion_mnist_local, idx_files
 
 MOCK_EXAMPLES = 12
 TRAIN_EXAMPLES = 20
@@ -58,7 +58,7 @@ def tiny_fashion(tmp_path_factory):
     _write_idx(source / f'{split}-labels-idx1-ubyte.gz', np.arange(n) % 10)
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(fashion_mnist_local.DIR_ENV_VAR, str(source))
+    patch.setenv(idx_files.DIR_ENV_VAR, str(source))
     fashion_mnist_local.FashionMnistLocal(data_dir=data_dir).download_and_prepare()
   return data_dir
 

@@ -21,7 +21,7 @@ from conftest import tiny_training_config
 from PIL import Image
 
 from bigbigan_jax import input_pipeline, train, training_command
-from bigbigan_jax.datasets import fashion_mnist_local
+from bigbigan_jax.datasets import idx_files
 from test_input_pipeline import _write_idx as write_idx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,7 +254,7 @@ def test_two_processes_preparing_one_fresh_data_dir_both_succeed(tmp_path):
            'c = default_config.tiny_config(data__dataset="fashion_mnist_local", '
            f'data__data_dir="{tmp_path / "tfds"}"); '
            'print(input_pipeline.num_examples(c, "train"))')
-  env = {**os.environ, fashion_mnist_local.DIR_ENV_VAR: str(source), 'JAX_PLATFORMS': 'cpu'}
+  env = {**os.environ, idx_files.DIR_ENV_VAR: str(source), 'JAX_PLATFORMS': 'cpu'}
   procs = [subprocess.Popen([sys.executable, '-c', count], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
   try:

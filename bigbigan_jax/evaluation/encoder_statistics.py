@@ -17,7 +17,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 
-from bigbigan_jax import config_checks, image_views, input_pipeline, parallel
+from bigbigan_jax import config_checks, data, image_views, parallel
 from bigbigan_jax.models import bigbigan
 
 Moments = dict[tuple[str, ...], np.ndarray]  # Flattened batch_stats: (..., 'mean'|'var') keys.
@@ -36,8 +36,8 @@ def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batc
             split: str, num_batches: int) -> Any:
   """E's batch_stats measured over the first `num_batches` eval batches of `split`."""
   batch_size = config.eval.batch_size
-  batches = input_pipeline.eval_iterator(config, split, batch_size,
-                                         num_examples=num_batches * batch_size)
+  batches = data.eval_batches(config, split, batch_size,
+                              num_examples=num_batches * batch_size)
   needed = ({'image': b['image'], 'mask': b['mask']} for b in batches)  # Not the labels.
   stats = measure_batches(config, mesh, e_params, e_batch_stats, needed)
   if stats is None:

@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 
-from bigbigan_jax import config_checks, image_views, inference, input_pipeline, parallel, train
+from bigbigan_jax import config_checks, data, image_views, inference, parallel, train
 from bigbigan_jax.evaluation import features as features_lib
 from bigbigan_jax.evaluation import feature_store, frechet, grids, inception, knn, linear_probe
 
@@ -133,7 +133,7 @@ class Evaluator:
     if path.exists():
       return frechet.load_statistics(path)
     logging.info('Computing FID reference statistics of %s into %s.', split, path)
-    batches = input_pipeline.eval_iterator(self.config, split, self.config.eval.batch_size)
+    batches = data.eval_batches(self.config, split, self.config.eval.batch_size)
     stats = frechet.RunningStatistics()
     for batch in parallel.prefetch_to_mesh(self.mesh, batches, self.config.data.prefetch,
                                            parallel.EVAL_BATCH):
@@ -148,8 +148,8 @@ class Evaluator:
   def _grid_images(self) -> dict[str, np.ndarray]:
     """The first `num_grid_images` eval images, the same on every process."""
     n = self.config.num_grid_images
-    return next(input_pipeline.eval_iterator(self.config, self.config.data.eval_split, n,
-                                             num_examples=n, process_index=0, process_count=1))
+    return next(data.eval_batches(self.config, self.config.data.eval_split, n,
+                                  num_examples=n, process_index=0, process_count=1))
 
   def _grids(self, state, standing, step: int, writer: Optional[Any]) -> None:
     """Sample, reconstruction and latent-interpolation grids of EMA G (E's z_mean)."""

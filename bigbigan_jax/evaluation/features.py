@@ -12,7 +12,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
-from bigbigan_jax import image_views, inference, input_pipeline, parallel
+from bigbigan_jax import data, image_views, inference, parallel
 from bigbigan_jax.evaluation.feature_store import FeatureStore, FeatureWriter
 
 
@@ -53,8 +53,8 @@ class FeatureExtractor:
     return images.reshape(images.shape[0], -1), batch['label'], batch['mask']
 
   def _write(self, extract, split, directory, num_examples) -> Features:
-    batches = input_pipeline.eval_iterator(self.config, split, self.config.eval.batch_size,
-                                           num_examples=num_examples)
+    batches = data.eval_batches(self.config, split, self.config.eval.batch_size,
+                                num_examples=num_examples)
     device_batches = parallel.prefetch_to_mesh(self.mesh, batches, self.config.data.prefetch,
                                                parallel.EVAL_BATCH)
     writer, largest = FeatureWriter(directory), 0

@@ -1,0 +1,77 @@
+"""Evaluating a training run from its workdir: a checkpoint, the initial state or raw pixels.
+
+What `python -m bigbigan_jax.evaluate` and `python -m bigbigan_jax.demo` run; no flags here.
+"""
+
+import json
+import re
+from typing import Optional, Sequence
+
+import jax
+from absl import logging
+from etils import epath
+
+from bigbigan_jax import train
+from bigbigan_jax.evaluation import encoder_statistics, evaluator
+
+
+class UsageError(Exception):
+  """A problem the user fixes on the command line; printed as one line."""
+
+
+def _apply_eval_settings(config, settings: Sequence[str]) -> str:
+  """Applies KEY=VALUE settings to config.eval; returns the file-name suffix naming them."""
+  suffix = ''
+  for setting in settings:
+    key, sep, value = setting.partition('=')
+    if not sep or key not in config.eval:
+      raise UsageError(f'--set={setting} must be KEY=VALUE with KEY one of '
+                       f'{", ".join(sorted(config.eval))}.')
+    kind = type(config.eval[key])
+    try:
+      config.eval[key] = value if kind is str else kind(value)
+    except ValueError:
+      raise UsageError(
+          f'--set={setting}: {value!r} is not a valid {kind.__name__} for {key}.') from None
+    suffix += '_' + re.sub(r'[^A-Za-z0-9._]+', '-', f'{key}-{value}').strip('-')
+  return suffix
+
+
+def _state(config, workdir, mesh, step: Optional[int], init: bool):
+  """(step, state) to evaluate, from a checkpoint or the initialisation."""
+  if init:
+    return 0, encoder_statistics.with_measured_statistics(config, mesh,
+                                                          train.initial_state(config, mesh))
+  manager = train.checkpoint_manager(workdir, config)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise UsageError(f'No checkpoints in {workdir}/checkpoints; train first or pass --init.')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise UsageError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
+  logging.info('Restoring checkpoint %d from %s.', step, manager.directory)
+  state = train.restore(manager, step, config, mesh)
+  manager.close()
+  return step, state
+
+
+def evaluate_run(workdir, *, step: Optional[int] = None, init: bool = False,
+                 raw_pixels: bool = False, settings: Sequence[str] = ()) -> tuple[epath.Path, dict]:
+  """Evaluates a run's checkpoint (default the newest), its initial state or raw pixels, writes
+  the metrics to `<workdir>/eval_<name>.json` and returns (that path, the metrics)."""
+  if init + raw_pixels + (step is not None) > 1:
+    raise UsageError('Pass at most one of --step, --init and --raw_pixels.')
+  workdir = epath.Path(workdir).absolute()  # Orbax restores from absolute paths only.
+  config = train.load_config(workdir)
+  suffix = _apply_eval_settings(config, settings)
+  evaluate = evaluator.Evaluator(config, workdir)
+  if raw_pixels:
+    name, metrics = 'raw_pixels', evaluate.raw_pixels()
+  else:
+    step, state = _state(config, workdir, evaluate.mesh, step, init)
+    name, metrics = str(step), evaluate(state, step)
+  path = workdir / f'eval_{name}{suffix}.json'
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + '\n')
+  logging.info('Wrote %s: %s', path, metrics)
+  return path, metrics
