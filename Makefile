@@ -14,13 +14,13 @@ $(VENV)/.installed: setup.py
 
 demo: $(VENV)/.installed
 	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
-	  $(VENV)/bin/python -m bigbigan_jax.main --config=configs/fashion_mnist.py; \
+	  $(VENV)/bin/python -m bigbigan_jax.demo --config=configs/fashion_mnist.py; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist && \
-	  $(VENV)/bin/python -m bigbigan_jax.main --config=configs/fashion_mnist.py; \
+	  $(VENV)/bin/python -m bigbigan_jax.demo --config=configs/fashion_mnist.py; \
 	else \
 	  echo "No local Fashion-MNIST files and not root: using TFDS's own fashion_mnist download."; \
-	  $(VENV)/bin/python -m bigbigan_jax.main --config=configs/fashion_mnist.py \
+	  $(VENV)/bin/python -m bigbigan_jax.demo --config=configs/fashion_mnist.py \
 	    --config.data.dataset=fashion_mnist; \
 	fi
 

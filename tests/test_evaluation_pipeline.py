@@ -16,7 +16,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from bigbigan_jax import config_checks, default_config, evaluate, parallel, train, train_step
-from bigbigan_jax.evaluation import evaluator, features
+from bigbigan_jax.evaluation import evaluator, features, run_evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Per split (mock data ignores split slicing): at least 25 for 25-NN, and not a multiple of the
@@ -180,3 +180,16 @@ def test_cli_bad_workdir_is_one_sentence(tmp_path):
   assert 'Traceback' not in out.stderr
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith('error: No config.json in ') and last.count('. ') == 0
+
+
+def test_demo_summary_compares_e_with_both_baselines_and_names_its_images(trained):
+  workdir, _, _ = trained
+  lines = run_evaluation.quick_summary(str(workdir), 2).splitlines()
+  assert len(lines) == 3
+  suffix = f'_num_train_examples-{run_evaluation.QUICK_PROBE_EXAMPLES}'
+  for name, line in (('2', 0), ('raw_pixels', 1), ('0', 1)):
+    metrics = json.loads((workdir / f'eval_{name}{suffix}.json').read_text())
+    assert f'{100 * metrics["probe/top1"]:.1f}% (1-NN {100 * metrics["knn/cosine_k1"]:.1f}%)' in lines[line]
+  assert lines[0].startswith('E after 2 steps') and 'raw pixels' in lines[1]
+  images = [word.rstrip('.') for word in lines[2].split() if word.endswith(('.png', '.png.'))]
+  assert len(images) == 2 and all(os.path.exists(path) for path in images)

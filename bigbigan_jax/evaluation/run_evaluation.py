@@ -1,9 +1,10 @@
-"""Evaluating a training run from its workdir: a checkpoint, the initial state or raw pixels.
-
-What `python -m bigbigan_jax.evaluate` and `python -m bigbigan_jax.demo` run; no flags here.
+"""Evaluating a training run from its workdir: a checkpoint, the initial state or raw pixels;
+and the demo's three-line answer. What `python -m bigbigan_jax.evaluate` and
+`python -m bigbigan_jax.demo` run; no flags here.
 """
 
 import json
+import os
 import re
 from typing import Optional, Sequence
 
@@ -75,3 +76,29 @@ def evaluate_run(workdir, *, step: Optional[int] = None, init: bool = False,
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + '\n')
   logging.info('Wrote %s: %s', path, metrics)
   return path, metrics
+
+
+QUICK_PROBE_EXAMPLES = 10_000
+
+
+def quick_summary(workdir, step: int) -> str:
+  """E at `step` against raw pixels and E at initialisation, each with a quick linear probe (fit
+  on the first QUICK_PROBE_EXAMPLES train images, scored on the whole eval split), in three
+  lines for a person: the scores, the baselines, the image grids of that step."""
+  settings = (f'num_train_examples={QUICK_PROBE_EXAMPLES}',)
+  trained = evaluate_run(workdir, step=step, settings=settings)[1]
+  init = evaluate_run(workdir, init=True, settings=settings)[1]
+  pixels = evaluate_run(workdir, raw_pixels=True, settings=settings)[1]
+  config = train.load_config(workdir)
+  pct = lambda metrics, key: f'{100 * metrics[key]:.1f}%'
+  scores = lambda m: f'{pct(m, "probe/top1")} (1-NN {pct(m, "knn/cosine_k1")})'
+  images = os.path.join(workdir, 'images')
+  return '\n'.join([
+      f'E after {step} steps: linear probe {scores(trained)}, {config.eval.feature} features, '
+      f'probe fit on {int(trained["num_train_examples"]):,} train images, scored on '
+      f'{int(trained["num_eval_examples"]):,} {config.data.eval_split} images.',
+      f'Same probe on raw pixels: {scores(pixels)}; on E at initialisation: {scores(init)}.',
+      f'Images: {os.path.join(images, f"samples_{step:07d}.png")} and '
+      f'{os.path.join(images, f"reconstructions_{step:07d}.png")}.',
+  ])
+
