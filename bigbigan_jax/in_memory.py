@@ -38,7 +38,7 @@ def cache_path(config: ml_collections.ConfigDict, split: str) -> epath.Path:
   root = config.data.cache_dir or os.path.join(
       config.data.data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'),
       'in_memory')
-  name = re.sub(r'[^A-Za-z0-9._]+', '_', f'{config.data.dataset}-{split}').strip('_')
+  name = re.sub(r'[^A-Za-z0-9._-]+', '_', f'{config.data.dataset}-{split}').strip('_')
   return epath.Path(os.path.expanduser(root)) / f'{name}.npz'
 
 
@@ -55,7 +55,12 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
     if config.data.dataset == FASHION_MNIST_LOCAL and split in idx_files.SPLIT_FILES:
       images, labels = idx_files.read_split(split)
     else:
-      from bigbigan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+      try:
+        from bigbigan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+      except ImportError as e:
+        raise ConfigError(f'{path} does not exist, and reading {config.data.dataset} to write it '
+                          f'needs TensorFlow ({e}); copy the file from a machine that has it.'
+                          ) from None
       images, labels = input_pipeline.decoded_split(config, split)
     if jax.process_index() == 0:
       _write_cache(path, images, labels)
@@ -130,10 +135,8 @@ class TrainBatches:
   [d_steps + 1, batch_size, E_res, E_res, C] sharded over the mesh like tf.data batches.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh,
-               images: np.ndarray | None = None):
-    if images is None:
-      images = load_split(config, config.data.train_split)[0]
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    images = load_split(config, config.data.train_split)[0]
     if not len(images):
       raise ConfigError(f'The split {config.data.train_split} of {config.data.dataset} is empty.')
     self.config, self.num_examples = config, len(images)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import bigbigan_jax
 from bigbigan_jax import config_checks, default_config, in_memory, input_pipeline, parallel
 from bigbigan_jax.datasets import fashion_mnist_local, idx_files
 from test_input_pipeline import _write_idx as write_idx
@@ -147,6 +148,14 @@ def test_the_cache_is_read_without_the_source_and_a_bad_one_is_named(config, mon
   with pytest.raises(config_checks.ConfigError, match='cannot be read.*delete it'):
     in_memory.load_split(config, 'train')
   assert path.exists()  # Nothing deleted behind the user's back.
+
+
+def test_without_tensorflow_a_missing_cache_is_one_sentence(config, monkeypatch):
+  monkeypatch.delattr(bigbigan_jax, 'input_pipeline')
+  monkeypatch.setitem(sys.modules, 'bigbigan_jax.input_pipeline', None)  # Cannot be imported.
+  config.data.dataset = 'mnist'
+  with pytest.raises(config_checks.ConfigError, match='mnist-train.npz does not exist.*TensorFlow'):
+    in_memory.load_split(config, 'train')
 
 
 def test_random_crops_are_refused_for_the_in_memory_path(config):
