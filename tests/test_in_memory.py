@@ -17,6 +17,7 @@ from bigbigan_jax import config_checks, default_config, in_memory, input_pipelin
 from bigbigan_jax.datasets import fashion_mnist_local, idx_files
 from test_input_pipeline import _write_idx as write_idx
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_EXAMPLES = 48  # Three steps of 2 x 8 images: one epoch.
 TEST_EXAMPLES = 7
 
@@ -164,23 +165,27 @@ def test_random_crops_are_refused_for_the_in_memory_path(config):
     config_checks.validate(config, jax.device_count())
 
 
-def test_trains_on_a_machine_without_tensorflow(config, tmp_path):
-  """main's training code, with TensorFlow and TFDS unimportable, from the .npz cache alone."""
+def test_main_trains_on_a_machine_without_tensorflow(config, tmp_path):
+  """`python -m bigbigan_jax.main` with TensorFlow and TFDS unimportable, from the cache alone."""
   in_memory.load_split(config, 'train')  # Writes the cache.
   fashion_cache = in_memory.cache_path(config, 'train')
   config.data.dataset = 'known_only_by_its_cache'
   fashion_cache.rename(in_memory.cache_path(config, 'train'))
-  config.num_train_steps, config.checkpoint_every_steps = 2, 2
-  (tmp_path / 'config.json').write_text(config.to_json())
+  flags = [f'--config={REPO}/configs/tiny.py', f'--workdir={tmp_path / "run"}',
+           '--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
+           *(f'--config.data.{k}={config.data[k]}' for k in
+             ('dataset', 'cache_dir', 'in_memory', 'augment', 'num_channels'))]
   script = textwrap.dedent(f"""
-      import json, sys
+      import sys
       sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None  # Not installed.
-      import ml_collections
-      from bigbigan_jax import train
-      config = ml_collections.ConfigDict(json.load(open({str(tmp_path / 'config.json')!r})))
-      train.train_and_evaluate(config, {str(tmp_path / 'run')!r})
-      assert not [name for name, module in sys.modules.items()
-                  if module and name.startswith('tensorflow')]
+      from absl import app
+      from bigbigan_jax import main
+      sys.argv = ['main', *{flags!r}]
+      try:
+        app.run(main.main, flags_parser=main.parse_flags)
+      finally:
+        assert not [name for name, module in sys.modules.items()
+                    if module and name.startswith('tensorflow')]
   """)
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir}
