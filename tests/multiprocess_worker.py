@@ -20,14 +20,14 @@ import tensorflow_datasets as tfds
 from absl import logging
 from conftest import tiny_training_config
 
-from bigbigan_jax import parallel, train, train_step, training_command
+from bigbigan_jax import input_pipeline, parallel, train, train_step, training_command
 
 EXTRA_STEPS = 2
 
 
 def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int) -> None:
   final = {}
-  train_and_evaluate, train_iterator = train.train_and_evaluate, train.input_pipeline.train_iterator
+  train_and_evaluate, train_iterator = train.train_and_evaluate, input_pipeline.train_iterator
 
   def keep_final_state(*args, **kwargs):
     final['state'] = train_and_evaluate(*args, **kwargs)
@@ -39,7 +39,7 @@ def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int) -
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  train.train_and_evaluate, train.input_pipeline.train_iterator = keep_final_state, preempted_at
+  train.train_and_evaluate, input_pipeline.train_iterator = keep_final_state, preempted_at
   config = tiny_training_config(steps, image_every_steps=1000)  # Grids at the end only.
   with tfds.testing.mock_data(num_examples=64):
     training_command.run(config, workdir, (f'127.0.0.1:{port}', 2, process_id))
