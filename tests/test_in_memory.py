@@ -151,6 +151,15 @@ def test_the_cache_is_read_without_the_source_and_a_bad_one_is_named(config, mon
   assert path.exists()  # Nothing deleted behind the user's back.
 
 
+def test_a_split_read_through_tfds_holds_the_idx_files_examples(config):
+  """The TFDS route (any dataset without its own reader) gives the same examples."""
+  images, labels = input_pipeline.decoded_split(config, 'train')
+  idx_images, idx_labels = in_memory.load_split(config, 'train')
+  assert images.shape == idx_images.shape and images.dtype == np.uint8
+  key = lambda imgs, labs: sorted((int(l), i.tobytes()) for i, l in zip(imgs, labs))
+  assert key(images, labels) == key(idx_images, idx_labels)
+
+
 def test_without_tensorflow_a_missing_cache_is_one_sentence(config, monkeypatch):
   monkeypatch.delattr(bigbigan_jax, 'input_pipeline')
   monkeypatch.setitem(sys.modules, 'bigbigan_jax.input_pipeline', None)  # Cannot be imported.
