@@ -195,17 +195,13 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, batch_size: int,
   `batch_size` is global. Batches hold `image` (centre square at E's resolution, uint8),
   `label` int32 and `mask` float32 (0 marks padding); every process yields the same number.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if batch_size % process_count:
-    raise ValueError(f'Batch size {batch_size} is not divisible by the process count '
-                     f'{process_count}.')
-  per_process = batch_size // process_count
+  process_index, process_count = parallel.processes(process_index, process_count)
+  per_process = parallel.per_process(batch_size, process_count)
   images, labels = load_split(config, split)
   if num_examples:
     images, labels = images[:num_examples], labels[:num_examples]
   mine = np.array_split(np.arange(len(images)), process_count)[process_index]
-  num_batches = -(-(-(-len(images) // process_count)) // per_process)
+  num_batches = parallel.eval_batches_per_process(len(images), process_count, per_process)
   resize = jax.jit(functools.partial(_resized, resolution=config.encoder.resolution))
   for b in range(num_batches):
     chosen = mine[b * per_process:(b + 1) * per_process]

@@ -9,13 +9,13 @@ a pipeline restarted at step k yields what the k-th element of a fresh one would
 import functools
 from typing import Callable, Iterator
 
-import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from bigbigan_jax import parallel
 from bigbigan_jax.config_checks import ConfigError
 from bigbigan_jax.datasets import fashion_mnist_local, sources
 
@@ -80,21 +80,6 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, process_index: int,
     if builder.name != IMAGENET:
       raise
     raise _imagenet_missing(builder) from None
-
-
-def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
-  return process_index, process_count
-
-
-def _per_process(batch_size: int, process_count: int) -> int:
-  if batch_size % process_count:
-    raise ValueError(
-        f'Batch size {batch_size} is not divisible by the process count {process_count}.')
-  return batch_size // process_count
 
 
 def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
@@ -259,8 +244,8 @@ def train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
   """
   if config.data.augment not in AUGMENTATIONS:
     raise ValueError(f'data.augment is {config.data.augment!r}, not one of {AUGMENTATIONS}.')
-  process_index, process_count = _processes(process_index, process_count)
-  per_step = (config.optim.d_steps + 1) * _per_process(config.batch_size, process_count)
+  process_index, process_count = parallel.processes(process_index, process_count)
+  per_step = (config.optim.d_steps + 1) * parallel.per_process(config.batch_size, process_count)
   base = _read(_builder(config), config.data.train_split, process_index, process_count)
   epoch_size = int(base.cardinality())
   if epoch_size < 1:
@@ -288,10 +273,6 @@ def _name_at(base: tf.data.Dataset, buffer: int, epoch_seed: int, position: int)
   return next(iter(names))['image/filename'].numpy().decode()
 
 
-def _ceil_div(a: int, b: int) -> int:
-  return -(-a // b)
-
-
 def _padding(config: ml_collections.ConfigDict) -> tf.data.Dataset:
   """Endless masked-out examples that fill the last eval batch."""
   resolution, channels = config.encoder.resolution, config.data.num_channels
@@ -311,12 +292,12 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, batch_size: int
   augmentation), `label` int32 and `mask` float32 (0 marks padding); every process yields
   the same number of batches.
   """
-  process_index, process_count = _processes(process_index, process_count)
-  per_process = _per_process(batch_size, process_count)
+  process_index, process_count = parallel.processes(process_index, process_count)
+  per_process = parallel.per_process(batch_size, process_count)
   builder = _builder(config)
   ds = _read(builder, split, process_index, process_count, num_examples)
   total = int(_read(builder, split, 0, 1, num_examples).cardinality())
-  num_batches = _ceil_div(_ceil_div(total, process_count), per_process)
+  num_batches = parallel.eval_batches_per_process(total, process_count, per_process)
   ds = ds.map(functools.partial(_eval_example, config=config),
               num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()  # Padding replaces them.
   ds = ds.concatenate(_padding(config)).take(num_batches * per_process).batch(per_process)

@@ -122,6 +122,29 @@ def shard_map_jit(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
+def processes(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
+  """(process index, process count), each JAX's own where None."""
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  return process_index, process_count
+
+
+def per_process(batch_size: int, process_count: int) -> int:
+  """Each process's share of a global batch."""
+  if batch_size % process_count:
+    raise ValueError(
+        f'Batch size {batch_size} is not divisible by the process count {process_count}.')
+  return batch_size // process_count
+
+
+def eval_batches_per_process(num_examples: int, process_count: int, per_process_batch: int) -> int:
+  """Batches every process yields in one padded pass over `num_examples` split evenly."""
+  ceil_div = lambda a, b: -(-a // b)
+  return ceil_div(ceil_div(num_examples, process_count), per_process_batch)
+
+
 def global_array(mesh: Mesh, local: Any, spec: P = STEP_BATCH) -> Any:
   """Assembles this process's part of a batch (a pytree of numpy arrays) into global arrays."""
   sharding = NamedSharding(mesh, spec)
