@@ -1,9 +1,20 @@
-"""Test-wide settings: four fake CPU devices and the persistent compilation cache; one tiny
-trained run shared by every test that needs a finished run."""
+"""Test-wide settings: four fake CPU devices (besides any XLA_FLAGS given) and the persistent
+compilation cache; one tiny trained run shared by every test that needs a finished run."""
 
 import os
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
+
+
+def xla_flags(device_count: int) -> str:
+  """XLA_FLAGS with `device_count` CPU devices, keeping the other flags given, such as
+  --xla_cpu_max_isa=AVX2 (XLA then rounds as a CPU without AVX-512 does)."""
+  kept = [f for f in os.environ.get('XLA_FLAGS', '').split() if not f.startswith(DEVICE_COUNT_FLAG)]
+  return ' '.join([*kept, f'{DEVICE_COUNT_FLAG}={device_count}'])
+
+
+if DEVICE_COUNT_FLAG not in os.environ.get('XLA_FLAGS', ''):  # Subprocesses may set their own.
+  os.environ['XLA_FLAGS'] = xla_flags(4)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 

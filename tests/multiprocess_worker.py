@@ -5,7 +5,10 @@ usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_BATCH
 
 Runs training_command.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM
 when its input pipeline yields batch SIGTERM_AT_BATCH (0: never), as a preempted host would
-receive it. A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the
+receive it. prefetch_to_mesh pulls data.prefetch + 1 batches before the step is compiled, so a
+batch after those arrives once both processes have compiled and passed the barrier after it
+(a signal during start-up is a different case: XLA's preemption barrier gives up after 3
+minutes, which a loaded machine's compile can exceed). A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the
 end each process writes its final state's step, a digest of every array and those steps'
 metrics to WORKDIR/state_<id>.npz.
 """

@@ -13,6 +13,12 @@ from bigbigan_jax import default_config, image_views
 from bigbigan_jax.models import bigbigan, layers
 
 TOL = dict(rtol=2e-5, atol=2e-5)
+# largest_errors of the three paths, initialisations and inputs seeded 0-4, measured natively
+# (AVX-512), under XLA_FLAGS=--xla_cpu_max_isa=AVX2 and under SSE4_2: chunked and fused
+# attention <= 2e-8; remat <= 3e-6 for the outputs and 6e-7 for the scores and the loss, and
+# <= 2e-7 for the gradients except G's at seed 4 natively, 2.1e-4 (G's BatchNorm over 4 samples
+# amplifies rounding that rematerialisation reorders). A wrong path is off by O(1).
+REFERENCE_PATH_TOLERANCE = 1e-3
 
 
 def assert_close(a, b, **tol):
@@ -87,14 +93,36 @@ def _outputs_and_grads(c, variables):
   return jax.jit(jax.value_and_grad(run, has_aux=True))(params)
 
 
+def largest_errors(reference, other):
+  """For each output and each network's gradients: the largest difference from the reference
+  over the largest magnitude in the reference.
+
+  Elementwise tolerances do not fit here: gradients that are 0 in exact arithmetic (a bias in
+  front of BatchNorm) hold only rounding noise, which any change of operation order redraws.
+  """
+  (value, outputs), grads = reference
+  (other_value, other_outputs), other_grads = other
+  groups = {'loss': (value, other_value),
+            **{name: pair for name, pair in zip(('samples', 'z_mean', 'scores'),
+                                                 zip(outputs, other_outputs))},
+            **{f'{net} gradients': (grads[net], other_grads[net]) for net in grads}}
+  errors = {}
+  for name, (a, b) in groups.items():
+    a, b = ([np.asarray(leaf) for leaf in jax.tree.leaves(tree)] for tree in (a, b))
+    scale = max(np.abs(leaf).max() for leaf in a)
+    errors[name] = max(np.abs(x - y).max() for x, y in zip(a, b)) / scale
+  return errors
+
+
 @pytest.mark.parametrize('overrides', [dict(model__remat=True),
                                        dict(model__attention='chunked', model__attention_chunk=8),
                                        dict(model__attention='fused')])
 def test_networks_equal_the_reference_paths(overrides):
   reference = _config(model__attention='dense')
   variables = _init(reference)
-  assert_close(_outputs_and_grads(reference, variables),
-               _outputs_and_grads(_config(**overrides), variables), rtol=1e-4, atol=1e-5)
+  errors = largest_errors(_outputs_and_grads(reference, variables),
+                          _outputs_and_grads(_config(**overrides), variables))
+  assert max(errors.values()) < REFERENCE_PATH_TOLERANCE, errors
 
 
 def test_discriminator_split_into_features_and_scores():

@@ -41,9 +41,15 @@ def mesh(num_devices):
   return parallel.make_mesh(jax.devices()[:num_devices])
 
 
+_STEPS = {}  # One jitted step per config and device count, traced and compiled once.
+
+
 def run_step(c, state, batch, num_devices):
   m = mesh(num_devices)
-  step = train_step.make_train_step(c, m)
+  key = (c.to_json(), num_devices)
+  if key not in _STEPS:
+    _STEPS[key] = train_step.make_train_step(c, m)
+  step = _STEPS[key]
   return step(parallel.replicate(m, state), parallel.global_array(m, batch))
 
 
