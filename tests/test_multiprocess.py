@@ -12,7 +12,7 @@ import sys
 
 import jax
 import numpy as np
-from conftest import tiny_training_config
+from conftest import tiny_training_config, xla_flags
 
 import multiprocess_worker
 from bigbigan_jax import parallel, train, train_step
@@ -27,17 +27,27 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+# One run of both processes (start-up, compile, 4 steps) took ~100 s alone on the 2-core
+# machine and up to MEASURED s with both cores kept busy by another process; the wait allows
+# several times that, and a hung run still ends well inside CI's limit.
+RUN_TIMEOUT_S = 900
+# The first batch pulled after compilation: prefetch_to_mesh holds data.prefetch (2) batches
+# ahead of the first one before the step is compiled.
+SIGTERM_AFTER_COMPILE = 4
+STEPS = 6  # Room after the signal: the processes agree on a step one or two after it.
+
+
 def run_two_processes(workdir, steps, sigterm_at):
   """Exit codes and stderr of both processes, always cleaned up."""
   port = free_port()
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+         'XLA_FLAGS': xla_flags(2)}
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir), str(steps),
        str(i), str(port), str(sigterm_at)], env=env, stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
   try:
-    errors = [p.communicate(timeout=420)[1] for p in procs]
+    errors = [p.communicate(timeout=RUN_TIMEOUT_S)[1] for p in procs]
   finally:
     for p in procs:
       p.kill()
@@ -54,28 +64,28 @@ def checkpoint_steps(workdir):
 
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_path):
-  codes, errors = run_two_processes(tmp_path, steps=4, sigterm_at=2)
+  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AFTER_COMPILE)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
   # Both processes stopped after the same step and saved it.
-  assert steps[0] == steps[1] and 1 <= steps[0] < 4
+  assert steps[0] == steps[1] and 2 <= steps[0] < STEPS
   assert steps[0] in checkpoint_steps(tmp_path)
   np.testing.assert_array_equal(digests[0], digests[1])
   assert 'Stopping at step' in errors[0] and 'Process 0 of 2' in errors[0]
 
-  codes, errors = run_two_processes(tmp_path, steps=4, sigterm_at=0)
+  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=0)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
   extra = multiprocess_worker.EXTRA_STEPS
-  assert steps == [4 + extra] * 2
+  assert steps == [STEPS + extra] * 2
   np.testing.assert_array_equal(digests[0], digests[1])
-  assert checkpoint_steps(tmp_path)[-1] == 4
+  assert checkpoint_steps(tmp_path)[-1] == STEPS
 
   # The steps after it, fed the same global batches, equal one process with four devices.
-  config = tiny_training_config(4)
+  config = tiny_training_config(STEPS)
   mesh = parallel.make_mesh()
   manager = train.checkpoint_manager(tmp_path, config)
-  state = train.restore(manager, 4, config, mesh)
+  state = train.restore(manager, STEPS, config, mesh)
   manager.close()
   step = train_step.make_train_step(config, mesh)
   metrics = []
