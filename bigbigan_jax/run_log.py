@@ -3,11 +3,13 @@
 Where TensorFlow is installed: clu's writers (console and TensorBoard summaries in the workdir)
 and clu's progress reports. Without it (the in-memory path on a JAX-only machine, where clu's
 writers cannot be imported): the console and `<workdir>/metrics.jsonl`, and progress lines of
-the same kind (steps/s, ETA).
+the same kind (steps/s, ETA). Hyperparameters go to TensorBoard only, not to the console (one
+line of every config field); config.json holds them in either case.
 """
 
 import contextlib
 import json
+import os
 import time
 from typing import Any, Mapping
 
@@ -27,8 +29,23 @@ def writer_and_progress(workdir: epath.Path, num_train_steps: int, log_only: boo
   except ImportError:  # clu's writers import TensorFlow.
     writer = JsonLinesWriter(None if log_only else epath.Path(workdir) / 'metrics.jsonl')
     return writer, Progress(num_train_steps, writer)
-  writer = metric_writers.create_default_writer(workdir, just_logging=log_only)
+  writer = _clu_writer(metric_writers, workdir, log_only)
   return writer, periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
+
+
+def _clu_writer(metric_writers, workdir: epath.Path, log_only: bool):
+  """clu's default writer (console, and TensorBoard unless `log_only`) without the console's
+  hyperparameter line."""
+
+  class ConsoleWriter(metric_writers.LoggingWriter):
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+      del hparams
+
+  writers = [ConsoleWriter()]
+  if not log_only:
+    writers.append(metric_writers.SummaryWriter(os.fspath(workdir)))
+  return metric_writers.AsyncMultiWriter(writers)
 
 
 class JsonLinesWriter:

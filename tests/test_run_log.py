@@ -1,0 +1,59 @@
+"""A run's metric writer: scalars on the console and in TensorBoard (or metrics.jsonl without
+TensorFlow); hyperparameters in TensorBoard only, never as a console line."""
+
+import json
+import logging
+import sys
+
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from bigbigan_jax import run_log
+
+HPARAMS = {'optim.d_lr': 2e-4, 'model.g_ch': 96, 'name': 'a_marked_run_name'}
+
+
+def _write(workdir, log_only=False):
+  writer, _ = run_log.writer_and_progress(workdir, num_train_steps=10, log_only=log_only)
+  writer.write_hparams(HPARAMS)
+  writer.write_scalars(1, {'loss_d': 0.5})
+  writer.flush()
+
+
+def _tensorboard_hparams(workdir):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  found = []
+  for path in workdir.glob('events.out.tfevents.*'):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'hparams':
+          data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+          found.extend(data.session_start_info.hparams)
+  return set(found)
+
+
+def test_hparams_go_to_tensorboard_and_not_the_console(tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    _write(tmp_path)
+  console = caplog.text
+  assert 'loss_d' in console  # Scalars still reach the console.
+  assert '[Hyperparameters]' not in console and 'a_marked_run_name' not in console
+  assert _tensorboard_hparams(tmp_path) == set(HPARAMS)
+
+
+def test_other_processes_log_scalars_and_write_no_files(tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    _write(tmp_path, log_only=True)
+  assert 'loss_d' in caplog.text and 'a_marked_run_name' not in caplog.text
+  assert not list(tmp_path.iterdir())
+
+
+def test_without_tensorflow_scalars_go_to_metrics_jsonl_and_hparams_nowhere(
+    tmp_path, caplog, monkeypatch):
+  import clu  # pylint: disable=g-import-not-at-top
+  monkeypatch.delattr(clu, 'metric_writers', raising=False)  # As if TensorFlow were missing.
+  monkeypatch.setitem(sys.modules, 'clu.metric_writers', None)
+  with caplog.at_level(logging.INFO):
+    _write(tmp_path)
+  assert 'loss_d=0.5' in caplog.text and 'a_marked_run_name' not in caplog.text
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [{'step': 1, 'loss_d': 0.5}]
