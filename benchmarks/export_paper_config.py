@@ -4,7 +4,7 @@
       [--standing_batches=1 --standing_batch_size=16] [--out=/tmp/bigbigan_export_bench]
 
 configs/imagenet128.py (ResNet-50 E at 256 px, ch 96 G and D) with its randomly initialised
-state (train.initial_state, no training), exported in float32. G's standing statistics take
+state (run_dir.initial_state, no training), exported in float32. G's standing statistics take
 `--standing_batches` x `--standing_batch_size` latents here (the config's 16 x 256 is timed per
 batch below), and each format's time is that of exporter.write_atomically on the networks. The
 SavedModel is then loaded with TensorFlow and `encode` is timed on batches of 16 images.
@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from bigbigan_jax import parallel, train  # noqa: E402
+from bigbigan_jax import parallel, run_dir  # noqa: E402
 from bigbigan_jax.export import exporter, networks  # noqa: E402
 from configs import imagenet128  # noqa: E402
 
@@ -72,7 +72,7 @@ def main(argv):
   print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} CPUs',
         flush=True)
   t = time.perf_counter()
-  state = train.initial_state(config, parallel.make_mesh())
+  state = run_dir.initial_state(config, parallel.make_mesh())
   jax.block_until_ready(state)
   print(f'initial state: {time.perf_counter() - t:.1f} s', flush=True)
   t = time.perf_counter()

@@ -14,7 +14,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bigbigan_jax import inference, parallel, train
+from bigbigan_jax import inference, parallel, run_dir
 from bigbigan_jax.evaluation import encoder_statistics
 from bigbigan_jax.evaluation.latent_metrics import diagonal_correlation, heldout_r2
 
@@ -42,15 +42,15 @@ def latent_recovery(config, model: inference.BigBiGAN, state) -> str:
 
 def main(argv):
   del argv
-  config = train.load_config(FLAGS.workdir)
+  config = run_dir.load_config(FLAGS.workdir)
   model = inference.BigBiGAN(config)
   mesh = parallel.make_mesh()
   initial = encoder_statistics.with_measured_statistics(config, mesh,
-                                                        train.initial_state(config, mesh))
+                                                        run_dir.initial_state(config, mesh))
   print(f'step 0 (init): {latent_recovery(config, model, initial)}')
-  manager = train.checkpoint_manager(epath.Path(FLAGS.workdir).absolute(), config)
+  manager = run_dir.checkpoint_manager(epath.Path(FLAGS.workdir).absolute(), config)
   for step in manager.all_steps():
-    state = train.restore(manager, step, config, mesh)
+    state = run_dir.restore(manager, step, config, mesh)
     print(f'step {step}: {latent_recovery(config, model, state)}')
 
 

@@ -14,6 +14,8 @@ import ml_collections
 
 from bigbigan_jax.models import bigbigan
 
+STANDING_STATS_BATCH = 256  # G forward passes for standing statistics run replicated.
+
 
 class BigBiGAN:
   """Jitted inference functions for the networks of one config (no cross-replica axis)."""
@@ -62,8 +64,17 @@ class BigBiGAN:
     return self.models.discriminator.apply({'params': params, 'spectral': spectral}, x, z,
                                            train=False)
 
-  def sampling_variables(self, state, key: jax.Array, *, num_batches: int,
-                         batch_size: int) -> dict[str, Any]:
-    """Standing statistics of a TrainState's EMA generator."""
-    return self.standing_stats(state.g_ema_params, state.g_spectral, key, num_batches=num_batches,
-                               batch_size=batch_size)
+  def sampling_variables(self, state, key: Optional[jax.Array] = None, *,
+                         num_batches: Optional[int] = None,
+                         batch_size: Optional[int] = None) -> dict[str, Any]:
+    """Standing statistics of a TrainState's EMA generator.
+
+    By default as the training grids, evaluation and export draw them: from PRNGKey(seed + 2),
+    config.standing_stats_batches batches of min(batch_size, STANDING_STATS_BATCH) latents.
+    """
+    c = self.config
+    key = jax.random.PRNGKey(c.seed + 2) if key is None else key
+    return self.standing_stats(
+        state.g_ema_params, state.g_spectral, key,
+        num_batches=c.standing_stats_batches if num_batches is None else num_batches,
+        batch_size=min(c.batch_size, STANDING_STATS_BATCH) if batch_size is None else batch_size)

@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 from absl import logging
 
-from bigbigan_jax import config_checks, parallel, train
+from bigbigan_jax import config_checks, parallel, run_dir, train
 from bigbigan_jax.evaluation import evaluator
 
 EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C.
@@ -38,5 +38,5 @@ def run(config, workdir: Optional[str], cluster: tuple = (None, None, None)) -> 
     print('Interrupted before a checkpoint could be saved; rerun the same command to resume '
           'from the newest one.', file=sys.stderr)
     sys.exit(EXIT_INTERRUPTED)
-  except (config_checks.ConfigError, train.TrainingStopped, FileNotFoundError) as e:
+  except (config_checks.ConfigError, run_dir.TrainingStopped, FileNotFoundError) as e:
     sys.exit(f'error: {e}')

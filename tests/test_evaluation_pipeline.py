@@ -15,7 +15,8 @@ import tensorflow_datasets as tfds
 from absl import flags
 from absl.testing import flagsaver
 
-from bigbigan_jax import config_checks, default_config, evaluate, parallel, train, train_step
+from bigbigan_jax import (config_checks, default_config, evaluate, parallel, run_dir, train,
+                          train_step)
 from bigbigan_jax.evaluation import evaluator, features, run_evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +156,7 @@ def test_cli_set_changes_one_eval_setting_and_keeps_other_results(trained):
       (workdir / f'eval_{int(state.step)}_feature-bn_crelu_feat_probe_epochs-1.json').read_text())
   assert set(metrics) == PROBE_KEYS | KNN_KEYS
   assert json.loads(default_result.read_text()) == {'kept': True}
-  assert train.load_config(workdir).eval.feature == 'avepool_feat'  # config.json is untouched.
+  assert run_dir.load_config(workdir).eval.feature == 'avepool_feat'  # config.json is untouched.
 
 
 @pytest.mark.parametrize('args,message', [

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigbigan_jax import inference, train
+from bigbigan_jax import inference, run_dir
 from bigbigan_jax.export import exporter, weights
 
 CONSUMERS = os.path.join(os.path.dirname(os.path.realpath(__file__)), 'export_consumers')
@@ -42,10 +42,10 @@ def _snapshot(workdir) -> dict[str, tuple[int, int]]:
 def run(tiny_run):
   """(workdir, config, state, G's standing variables) of the tiny trained run."""
   workdir, state = tiny_run
-  config = train.load_config(workdir)
+  config = run_dir.load_config(workdir)
   standing = inference.BigBiGAN(config).sampling_variables(
       state, jax.random.PRNGKey(config.seed + 2), num_batches=config.standing_stats_batches,
-      batch_size=min(config.batch_size, train.STANDING_STATS_BATCH))
+      batch_size=min(config.batch_size, inference.STANDING_STATS_BATCH))
   return workdir, config, state, jax.device_get(standing)
 
 
@@ -125,7 +125,7 @@ def test_onnx_deterministic_encoder_has_one_latent_output(run):
   """A deterministic E's z_sample is z_mean: the ONNX encoder names that value once."""
   import onnxruntime  # pylint: disable=g-import-not-at-top
   from bigbigan_jax.export import networks, onnx_models  # pylint: disable=g-import-not-at-top
-  config = train.load_config(run[0])
+  config = run_dir.load_config(run[0])
   config.encoder.stochastic = False
   x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   encoder = networks.Functions(config).models.encoder

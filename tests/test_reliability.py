@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from conftest import tiny_training_config
 from PIL import Image
 
-from bigbigan_jax import input_pipeline, train, training_command
+from bigbigan_jax import input_pipeline, parallel, run_dir, training_command
 from bigbigan_jax.datasets import idx_files
 from test_input_pipeline import _write_idx as write_idx
 
@@ -149,9 +149,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, ru
   code, text = run_main(run_copy)
   assert (code, text) == (0, '')
   assert (run_copy / 'checkpoints' / '4.unreadable').is_dir()  # Set aside, not deleted.
-  config = train.load_config(run_copy)
-  manager = train.checkpoint_manager(run_copy, config)
-  retrained = jax.device_get(train.restore(manager, 4, config, train.parallel.make_mesh()))
+  config = run_dir.load_config(run_copy)
+  manager = run_dir.checkpoint_manager(run_copy, config)
+  retrained = jax.device_get(run_dir.restore(manager, 4, config, parallel.make_mesh()))
   manager.close()
   jax.tree.map(np.testing.assert_array_equal, retrained, tiny_run[1])
 

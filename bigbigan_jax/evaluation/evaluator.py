@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 
-from bigbigan_jax import config_checks, data, image_views, inference, parallel, train
+from bigbigan_jax import config_checks, data, image_views, inference, parallel
 from bigbigan_jax.evaluation import features as features_lib
 from bigbigan_jax.evaluation import feature_store, frechet, grids, inception, knn, linear_probe
 
@@ -60,10 +60,7 @@ class Evaluator:
   def __call__(self, state, step: int, writer: Optional[Any] = None) -> dict[str, float]:
     metrics = self._representation(
         str(step), functools.partial(self.extractor.encoder, state.e_params, state.e_batch_stats))
-    standing = self.model.sampling_variables(
-        state, jax.random.PRNGKey(self.config.seed + 2),
-        num_batches=self.config.standing_stats_batches,
-        batch_size=min(self.config.batch_size, train.STANDING_STATS_BATCH))
+    standing = self.model.sampling_variables(state)
     if self.inception is not None:
       metrics.update(_timed('FID/IS', self._fid_and_is, state.g_ema_params, standing))
     self._grids(state, standing, step, writer)
@@ -202,5 +199,5 @@ def _timed(what: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
 
 def periodic_evaluator(config: ml_collections.ConfigDict,
                        workdir: str | os.PathLike) -> Optional[Evaluator]:
-  """The `evaluate_fn` for `train.train_and_evaluate`, or None when eval.every_steps is 0."""
+  """The training loop's `evaluate_fn`, or None when eval.every_steps is 0."""
   return Evaluator(config, workdir) if config.eval.every_steps else None

@@ -1,10 +1,15 @@
-"""Image grids for samples, reconstructions and latent interpolations (numpy and PIL)."""
+"""Image grids for samples, reconstructions and latent interpolations (numpy and PIL), and the
+grids a training run draws as it goes (`GridWriter`)."""
 
 import math
 
+import jax
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 from PIL import Image
+
+from bigbigan_jax import image_views, inference
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -59,3 +64,34 @@ def side_by_side(x: np.ndarray, recon: np.ndarray, ncols: int | None = None) -> 
   recon = np.concatenate([recon, blank]).reshape((-1, ncols) + recon.shape[1:])
   paired = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[2:])
   return image_grid(paired, ncols)
+
+
+class GridWriter:
+  """Sample grids of the EMA generator (fixed z) and reconstruction grids of fixed images, to the
+  metric writer and as PNG files in `<workdir>/images`."""
+
+  def __init__(self, config, workdir: epath.Path, writer, real_images: np.ndarray):
+    self.config, self.writer = config, writer
+    self.image_dir = workdir / 'images'
+    self.model = inference.BigBiGAN(config)
+    n = config.num_grid_images
+    self.z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (n, config.model.z_dim))
+    # Every process must feed the same images to the replicated computation.
+    self.real = np.asarray(multihost_utils.broadcast_one_to_all(real_images[:n]))
+
+  def __call__(self, state, step: int) -> None:
+    standing = self.model.sampling_variables(state)
+    samples = np.asarray(self.model.sample(state.g_ema_params, standing, self.z))
+    recon = np.asarray(self.model.reconstruct(state.g_ema_params, standing, state.e_params,
+                                              state.e_batch_stats, self.real))
+    real_d = np.asarray(self.real_at_d_resolution())
+    grid_s = image_grid(samples)
+    grid_r = side_by_side(real_d, recon)
+    self.writer.write_images(step, {'samples': grid_s[None], 'reconstructions': grid_r[None]})
+    if jax.process_index() == 0:
+      save_png(self.image_dir / f'samples_{step:07d}.png', grid_s)
+      save_png(self.image_dir / f'reconstructions_{step:07d}.png', grid_r)
+
+  def real_at_d_resolution(self):
+    """The grid's real images as D sees them (2x2-pooled when E's resolution is twice D's)."""
+    return image_views.d_view(self.real, self.config.model.resolution)

@@ -12,7 +12,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from bigbigan_jax import train
+from bigbigan_jax import run_dir
 from bigbigan_jax.evaluation import encoder_statistics, evaluator
 
 
@@ -42,8 +42,8 @@ def _state(config, workdir, mesh, step: Optional[int], init: bool):
   """(step, state) to evaluate, from a checkpoint or the initialisation."""
   if init:
     return 0, encoder_statistics.with_measured_statistics(config, mesh,
-                                                          train.initial_state(config, mesh))
-  manager = train.checkpoint_manager(workdir, config)
+                                                          run_dir.initial_state(config, mesh))
+  manager = run_dir.checkpoint_manager(workdir, config)
   steps = sorted(manager.all_steps())
   if not steps:
     raise UsageError(f'No checkpoints in {workdir}/checkpoints; train first or pass --init.')
@@ -51,7 +51,7 @@ def _state(config, workdir, mesh, step: Optional[int], init: bool):
   if step not in steps:
     raise UsageError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
   logging.info('Restoring checkpoint %d from %s.', step, manager.directory)
-  state = train.restore(manager, step, config, mesh)
+  state = run_dir.restore(manager, step, config, mesh)
   manager.close()
   return step, state
 
@@ -63,7 +63,7 @@ def evaluate_run(workdir, *, step: Optional[int] = None, init: bool = False,
   if init + raw_pixels + (step is not None) > 1:
     raise UsageError('Pass at most one of --step, --init and --raw_pixels.')
   workdir = epath.Path(workdir).absolute()  # Orbax restores from absolute paths only.
-  config = train.load_config(workdir)
+  config = run_dir.load_config(workdir)
   suffix = _apply_eval_settings(config, settings)
   evaluate = evaluator.Evaluator(config, workdir)
   if raw_pixels:
@@ -89,7 +89,7 @@ def quick_summary(workdir, step: int) -> str:
   trained = evaluate_run(workdir, step=step, settings=settings)[1]
   init = evaluate_run(workdir, init=True, settings=settings)[1]
   pixels = evaluate_run(workdir, raw_pixels=True, settings=settings)[1]
-  config = train.load_config(workdir)
+  config = run_dir.load_config(workdir)
   pct = lambda metrics, key: f'{100 * metrics[key]:.1f}%'
   scores = lambda m: f'{pct(m, "probe/top1")} (1-NN {pct(m, "knn/cosine_k1")})'
   images = os.path.join(workdir, 'images')

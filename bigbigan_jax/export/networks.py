@@ -10,10 +10,9 @@ from typing import Any, Optional
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 
-from bigbigan_jax import inference, parallel, train
+from bigbigan_jax import inference, parallel, run_dir
 from bigbigan_jax.models import bigbigan
 
 
@@ -36,10 +35,8 @@ class Networks:
 
 
 def from_state(config: ml_collections.ConfigDict, state, step: int) -> Networks:
-  """The exported networks of a TrainState; standing statistics as train.GridWriter draws them."""
-  standing = inference.BigBiGAN(config).sampling_variables(
-      state, jax.random.PRNGKey(config.seed + 2), num_batches=config.standing_stats_batches,
-      batch_size=min(config.batch_size, train.STANDING_STATS_BATCH))
+  """The exported networks of a TrainState; standing statistics as the training grids draw them."""
+  standing = inference.BigBiGAN(config).sampling_variables(state)
   host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))
   return Networks(
       config=config, step=step,
@@ -48,16 +45,9 @@ def from_state(config: ml_collections.ConfigDict, state, step: int) -> Networks:
       discriminator=host({'params': state.d_params, 'spectral': state.d_spectral}))
 
 
-def checkpoint_steps(workdir: epath.Path) -> list[int]:
-  directory = workdir / 'checkpoints'
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
 def load_config(workdir: epath.Path, dtype: Optional[str] = None) -> ml_collections.ConfigDict:
   """The run's config; `dtype` replaces its activation dtype for the export."""
-  config = train.load_config(workdir)
+  config = run_dir.load_config(workdir)
   if dtype is not None:
     config.dtype = dtype
   try:
@@ -69,7 +59,7 @@ def load_config(workdir: epath.Path, dtype: Optional[str] = None) -> ml_collecti
 
 def resolve_step(workdir: epath.Path, step: Optional[int] = None) -> int:
   """`step` (default the newest) after checking that `workdir` has a checkpoint for it."""
-  steps = checkpoint_steps(workdir)
+  steps = run_dir.checkpoint_steps(workdir)
   if not steps:
     raise ExportError(f'No checkpoints in {workdir}/checkpoints; train the run first.')
   if step is not None and step not in steps:
@@ -80,10 +70,9 @@ def resolve_step(workdir: epath.Path, step: Optional[int] = None) -> int:
 def from_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict,
                     step: int) -> Networks:
   """The networks of `workdir`'s checkpoint `step`, restored without writing anything."""
-  manager = ocp.CheckpointManager(
-      workdir / 'checkpoints', options=ocp.CheckpointManagerOptions(create=False))
+  manager = run_dir.checkpoint_reader(workdir)
   try:
-    state = train.restore(manager, step, config, parallel.make_mesh())
+    state = run_dir.restore(manager, step, config, parallel.make_mesh())
   finally:
     manager.close()
   return from_state(config, state, step)

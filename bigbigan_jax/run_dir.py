@@ -1,0 +1,245 @@
+"""A run's directory: `config.json` and `checkpoints/`, read and written the same way by the
+training loop, evaluation and export (none of which needs the loop to read a run).
+
+The newest checkpoint that restores is used; unreadable newer ones are set aside
+(`<step>.unreadable`), never deleted. Nothing non-finite is ever saved, and a failed save stops
+the run with one sentence naming the newest good checkpoint. config.json holds the config a run
+trained with; loading it fills in settings added since at their defaults.
+"""
+
+import json
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from bigbigan_jax import config_checks, default_config, parallel, train_step
+
+
+class TrainingStopped(Exception):
+  """A run that cannot go on (divergence, a failed save, no restorable checkpoint); main prints
+  the message alone."""
+
+
+def path(workdir: str) -> epath.Path:
+  """`workdir` as orbax wants it: absolute (local paths) or a URL such as gs://..."""
+  return epath.Path(workdir if '://' in workdir else os.path.abspath(workdir))
+
+
+def prepare_workdir(workdir: epath.Path) -> None:
+  """Creates the workdir, or says in one sentence why it cannot be used."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f'.write_test_{jax.process_index()}'  # One per process of a pod.
+    probe.write_text('')
+    probe.unlink()
+  except (FileExistsError, NotADirectoryError) as e:
+    raise config_checks.ConfigError(
+        f'--workdir={workdir} cannot be a directory ({e.strerror}: {e.filename}); '
+        f'pass a directory path.') from None
+  except PermissionError as e:
+    raise config_checks.ConfigError(
+        f'--workdir={workdir} is not writable ({e.strerror}: {e.filename}); pass a '
+        f'directory you can write to.') from None
+
+
+# The config.
+
+
+def save_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved beside its checkpoints; settings added since take their defaults."""
+  config_path = epath.Path(workdir) / 'config.json'
+  if not config_path.exists():
+    raise FileNotFoundError(f'No config.json in {workdir}; point --workdir at a training run.')
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  _fill_missing(config, default_config.base_config())
+  return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key],
+                                                                     ml_collections.ConfigDict):
+      _fill_missing(config[key], value)
+
+
+def check_resumed_config(workdir: epath.Path, config: ml_collections.ConfigDict,
+                         manager: ocp.CheckpointManager) -> None:
+  """A run with checkpoints may only resume with the config it saved (see allow_changes)."""
+  if manager.latest_step() is None or not (workdir / 'config.json').exists():
+    return
+  config_checks.validate_resume(load_config(workdir), config)
+
+
+# The checkpoints.
+
+
+def checkpoint_manager(workdir: epath.Path,
+                       config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints)
+  return ocp.CheckpointManager(workdir / 'checkpoints', options=options)
+
+
+def checkpoint_reader(workdir: epath.Path) -> ocp.CheckpointManager:
+  """A manager of `<workdir>/checkpoints` for restoring only; it creates nothing."""
+  return ocp.CheckpointManager(workdir / 'checkpoints',
+                               options=ocp.CheckpointManagerOptions(create=False))
+
+
+def checkpoint_steps(workdir: epath.Path) -> list[int]:
+  """The steps of the checkpoints in `workdir` (read from the folder names, without orbax)."""
+  directory = workdir / 'checkpoints'
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def abstract_state(config: ml_collections.ConfigDict, mesh) -> Any:
+  """Shapes, dtypes and (replicated) shardings of a TrainState, allocating nothing."""
+  shapes = jax.eval_shape(lambda: train_step.init_state(config, jax.random.PRNGKey(0)))
+  sharding = jax.sharding.NamedSharding(mesh, parallel.REPLICATED)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def initial_state(config: ml_collections.ConfigDict, mesh) -> train_step.TrainState:
+  """The state at step 0 (seeded by config.seed), replicated over `mesh`."""
+  init = jax.jit(lambda key: train_step.init_state(config, key),
+                 out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
+  return init(jax.random.PRNGKey(config.seed))
+
+
+def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_step.TrainState:
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state(config, mesh)))
+
+
+# What orbax raises for a checkpoint with missing or damaged files: OSError, ValueError and
+# KeyError for its own checks, and a bare Exception wrapping tensorstore's read errors.
+UNREADABLE_CHECKPOINT = Exception
+
+
+def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.TrainState:
+  """The newest checkpoint that restores, or the initial state when there is none.
+
+  Newer checkpoints that fail to restore are renamed `<step>.unreadable` (so that training can
+  save that step again) with a warning; nothing is deleted.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return initial_state(config, mesh)
+  problems = []
+  for step in steps:
+    logging.info('Restoring checkpoint at step %d from %s.', step, manager.directory)
+    # A reader of its own per attempt: a failed restore leaves a manager's item layout wrong.
+    reader = ocp.CheckpointManager(manager.directory,
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+      state = restore(reader, step, config, mesh)
+    except UNREADABLE_CHECKPOINT as e:
+      problems.append((step, _first_line(e)))
+      logging.warning('Checkpoint %d in %s cannot be restored (%s: %s); trying the one before.',
+                      step, manager.directory, type(e).__name__, _first_line(e))
+      continue
+    finally:
+      reader.close()
+    _set_aside(manager, [bad for bad, _ in problems])
+    return state
+  raise TrainingStopped(
+      f'No checkpoint in {manager.directory} restores (step {problems[0][0]}: '
+      f'{problems[0][1]}); nothing was deleted: restore a copy of the run or start a new '
+      f'--workdir.')
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip('.')
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    for step in steps:
+      step_dir = epath.Path(manager.directory) / str(step)
+      step_dir.rename(step_dir.parent / f'{step}.unreadable')
+      logging.warning('Renamed the unreadable checkpoint %s to %s.unreadable.', step_dir, step)
+  multihost_utils.sync_global_devices('checkpoints set aside')
+  manager.reload()
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class CheckpointSaver:
+  """Saves only finite states, and turns a failed save into TrainingStopped.
+
+  `before_first_save` runs once, just before the first save (the loop writes config.json then).
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager,
+               before_first_save: Optional[Callable[[], None]] = None):
+    self.manager = manager
+    self.last_good = manager.latest_step()
+    self.pending = None  # Step of a save that may still be running.
+    self.before_first_save = before_first_save
+
+  def save(self, step: int, state: train_step.TrainState) -> None:
+    if not bool(_all_finite(state)):
+      raise self.diverged(f'the state at step {step} holds non-finite values')
+    self.check_for_errors()
+    if self.before_first_save is not None:
+      self.before_first_save()
+      self.before_first_save = None
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except OSError as e:
+      raise self.failed(step, e) from None
+    self.pending = step
+
+  def check_for_errors(self, wait: bool = False) -> None:
+    """Raises TrainingStopped if a background save failed; `wait` blocks until saves end."""
+    try:
+      if wait:
+        self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except (OSError, ValueError, RuntimeError) as e:
+      raise self.failed(self.pending, e) from None
+    if self.pending is not None and not self.manager.is_saving_in_progress():
+      self.last_good, self.pending = self.pending, None
+
+  def diverged(self, what: str) -> TrainingStopped:
+    return TrainingStopped(
+        f'Training diverged: {what}; nothing non-finite was saved and {self.newest()}: resume '
+        f'from it with lower learning rates (e.g. --config.optim.d_lr=... '
+        f'--config.allow_changes=optim).')
+
+  def failed(self, step, error: BaseException) -> TrainingStopped:
+    return TrainingStopped(
+        f'Saving the checkpoint at step {step} failed ({_first_line(error)}); {self.newest()}: '
+        f'fix the cause (e.g. free disk space) and rerun the same command to resume.')
+
+  def newest(self) -> str:
+    if self.last_good is None:
+      return f'no earlier checkpoint exists in {self.manager.directory}'
+    return f'the newest good checkpoint is step {self.last_good} in {self.manager.directory}'
+
+
+def close_quietly(manager: ocp.CheckpointManager) -> None:
+  """Closes the manager; a save error was already reported (or is being raised)."""
+  try:
+    manager.close()
+  except (OSError, ValueError, RuntimeError) as e:
+    logging.warning('Closing the checkpoint manager: %s', _first_line(e))

@@ -1,0 +1,141 @@
+"""A run's directory on its own: config.json, restoring with fallback and set-aside, and the
+checkpoint saver's refusals (what the training program then prints is in test_reliability)."""
+
+import json
+import logging
+import re
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from bigbigan_jax import default_config, parallel, run_dir
+from test_reliability import _remove_default_item
+
+
+def test_a_saved_config_gains_settings_added_since_at_their_defaults(tmp_path):
+  saved = default_config.tiny_config(num_train_steps=7).to_dict()
+  del saved['eval']['init_bn_batches']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = run_dir.load_config(tmp_path)
+  assert config.num_train_steps == 7  # Saved values win.
+  assert config.eval.init_bn_batches == default_config.base_config().eval.init_bn_batches
+
+
+def test_a_folder_without_config_json_is_named_with_the_fix(tmp_path):
+  with pytest.raises(FileNotFoundError,
+                     match=re.escape(f'No config.json in {tmp_path}; point --workdir')):
+    run_dir.load_config(tmp_path)
+
+
+def test_reading_a_run_creates_nothing(tmp_path):
+  assert run_dir.checkpoint_steps(tmp_path) == []
+  run_dir.checkpoint_reader(tmp_path).close()
+  assert not list(tmp_path.iterdir())
+
+
+def _files(directory):
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_run[0], workdir)
+  return workdir, run_dir.load_config(workdir)
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_restored(run_copy):
+  workdir, config = run_copy
+  _remove_default_item(workdir / 'checkpoints' / '4')
+  damaged = _files(workdir / 'checkpoints' / '4')
+  manager = run_dir.checkpoint_manager(workdir, config)
+  try:
+    state = run_dir.restore_or_init(config, parallel.make_mesh(), manager)
+    assert int(state.step) == 2
+    assert manager.all_steps() == [2]  # Step 4 can be saved again.
+  finally:
+    manager.close()
+  assert not (workdir / 'checkpoints' / '4').exists()
+  assert _files(workdir / 'checkpoints' / '4.unreadable') == damaged  # Renamed, not deleted.
+  assert run_dir.checkpoint_steps(workdir) == [2]
+
+
+def test_no_restorable_checkpoint_stops_and_renames_nothing(run_copy):
+  workdir, config = run_copy
+  for step in (2, 4):
+    _remove_default_item(workdir / 'checkpoints' / str(step))
+  before = _files(workdir)
+  manager = run_dir.checkpoint_manager(workdir, config)
+  try:
+    message = f'No checkpoint in {workdir}/checkpoints restores (step 4: '
+    with pytest.raises(run_dir.TrainingStopped, match=re.escape(message)):
+      run_dir.restore_or_init(config, parallel.make_mesh(), manager)
+  finally:
+    manager.close()
+  assert _files(workdir) == before
+
+
+@pytest.fixture
+def manager(tmp_path):
+  manager = ocp.CheckpointManager(tmp_path / 'checkpoints')
+  yield manager
+  run_dir.close_quietly(manager)
+
+
+def test_the_saver_saves_finite_states_and_refuses_non_finite_ones(tmp_path, manager):
+  first_saves = []
+  saver = run_dir.CheckpointSaver(manager, lambda: first_saves.append(True))
+  finite = {'w': jnp.ones(3), 'step': jnp.int32(1)}
+  saver.save(1, finite)
+  saver.save(2, finite)
+  saver.check_for_errors(wait=True)
+  assert first_saves == [True]  # Once, before the first save.
+  with pytest.raises(run_dir.TrainingStopped) as info:
+    saver.save(3, {'w': jnp.array([1.0, jnp.nan, 0.0]), 'step': jnp.int32(3)})
+  assert str(info.value) == (
+      'Training diverged: the state at step 3 holds non-finite values; nothing non-finite was '
+      f'saved and the newest good checkpoint is step 2 in {tmp_path}/checkpoints: resume from it '
+      'with lower learning rates (e.g. --config.optim.d_lr=... --config.allow_changes=optim).')
+  assert manager.all_steps() == [1, 2]
+
+
+def test_a_failed_save_is_one_sentence_naming_the_newest_good_checkpoint(tmp_path, manager,
+                                                                         monkeypatch):
+  saver = run_dir.CheckpointSaver(manager)
+
+  def disk_full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(manager, 'save', disk_full)
+  with pytest.raises(run_dir.TrainingStopped) as info:
+    saver.save(1, {'w': jnp.ones(3)})
+  assert str(info.value) == (
+      'Saving the checkpoint at step 1 failed ([Errno 28] No space left on device); no earlier '
+      f'checkpoint exists in {tmp_path}/checkpoints: fix the cause (e.g. free disk space) and '
+      'rerun the same command to resume.')
+
+
+def test_a_failed_close_is_a_warning(caplog):
+  class FailingManager:
+    def close(self):
+      raise OSError(5, 'Input/output error')
+
+  with caplog.at_level(logging.WARNING):
+    run_dir.close_quietly(FailingManager())
+  assert 'Closing the checkpoint manager: [Errno 5] Input/output error' in caplog.text
+
+
+def test_the_initial_state_is_seeded_and_matches_the_abstract_state():
+  config = default_config.tiny_config()
+  mesh = parallel.make_mesh()
+  state = run_dir.initial_state(config, mesh)
+  abstract = run_dir.abstract_state(config, mesh)
+  assert int(state.step) == 0
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(state) == shapes(abstract)
+  jax.tree.map(np.testing.assert_array_equal, state, run_dir.initial_state(config, mesh))
