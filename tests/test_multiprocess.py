@@ -15,7 +15,7 @@ import numpy as np
 from conftest import tiny_training_config, xla_flags
 
 import multiprocess_worker
-from bigbigan_jax import parallel, train, train_step
+from bigbigan_jax import parallel, run_dir, train_step
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -84,8 +84,8 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   # The steps after it, fed the same global batches, equal one process with four devices.
   config = tiny_training_config(STEPS)
   mesh = parallel.make_mesh()
-  manager = train.checkpoint_manager(tmp_path, config)
-  state = train.restore(manager, STEPS, config, mesh)
+  manager = run_dir.checkpoint_manager(tmp_path, config)
+  state = run_dir.restore(manager, STEPS, config, mesh)
   manager.close()
   step = train_step.make_train_step(config, mesh)
   metrics = []
