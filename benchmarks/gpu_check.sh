@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# The GPU throughput check (issue 11): the paper config's train step at batch 128 on one GPU,
-# d_steps 1 and 2, with and without remat and float32 residuals; images/s, MFU, peak memory.
+# The GPU throughput check (issues 11 and 17): the paper config's train step at batch 128 on one
+# GPU; images/s, MFU from the model FLOPs, peak memory, a profile. benchmarks/gpu_check.py runs it.
 #
-# The GPU machine has JAX, flax, optax, orbax, chex and numpy but no ml_collections (which the
-# configs need) or its PyYAML; their wheels travel with the work tree:
+# The GPU machine has JAX, flax, optax, orbax, chex, numpy and PyYAML but no ml_collections
+# (which the configs need); its wheels travel with the work tree:
 #   1. here, with PyPI:   bash benchmarks/gpu_check.sh fetch      # wheels for Python 3.12 -> .wheels/
 #   2. device tool:       run(command="bash benchmarks/gpu_check.sh", carry=[".wheels"], timeout_s=600)
-#      (optional, same warm machine: "bash benchmarks/gpu_check.sh more" for dense attention,
+#      (optional, another call: "bash benchmarks/gpu_check.sh more" for the other attention,
 #      remat with float32 residuals, and d_steps 2 with remat)
-# Pure-Python wheels import straight from the .whl files on PYTHONPATH (PyYAML without its C
-# speed-up), so nothing is installed there. MFU is against the H100's measured 778 TFLOP/s (bf16
-# matrix product, DESIGN.md), as issue 11's target is. Results: $OUT/train_step.jsonl (one JSON
-# line per run), $OUT/gpu_check.log, and a 3-step profile of the first run in $OUT/trace.
+# Pure-Python wheels import straight from the .whl files on PYTHONPATH, so nothing is installed.
+#
+# It runs an attention preflight (cuDNN fused against dense attention in bf16 at the model's
+# attention shapes; chunked attention if the fused path fails), then the benchmark runs under
+# one DEADLINE (540 s), most important first, and writes to $OUT: gpu_check.log (every
+# process's full output), gpu_check.json (settings, preflight, every run, skipped ones too) and
+# profile/ (the first run's trace, flat). MFU = model FLOPs (XLA's count on CPU with dense
+# attention, benchmarks/model_flops.json) per second over 989 TFLOP/s, the H200's nominal dense
+# bf16; XLA's count of the GPU program (cuDNN/cuBLAS calls at -1 FLOP) is kept beside it.
+#
+# CPU dry run of the whole path (tiny config: FLOPs counted on CPU, the preflight finds no cuDNN
+# and falls back to chunked attention):
+#   OUT=/tmp/dry CONFIG=configs/tiny.py BATCH=8 PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
+# Settings (environment): OUT, CONFIG, BATCH, STEPS, WARMUP, DEADLINE, MIN_RUN_S, PEAK_TFLOPS,
+# RUNS, ATTENTION, PYTHON; see benchmarks/gpu_check.py. `gpu_check.sh flops` (on CPU) counts
+# the model FLOPs missing from benchmarks/model_flops.json.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 WHEELS=.wheels
 PYTHON=${PYTHON:-python3}
 
@@ -23,36 +35,15 @@ if [[ "${1:-}" == fetch ]]; then
     --platform manylinux_2_17_x86_64 -d "$WHEELS" 'ml_collections>=1.0' 'PyYAML>=6'
 fi
 
-OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD$(printf ':%s' "$PWD/$WHEELS"/*.whl)"
+shopt -s nullglob
+path=$PWD
+for wheel in "$PWD/$WHEELS"/*.whl; do path+=":$wheel"; done
+export PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}"
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
-export TF_CPP_MIN_LOG_LEVEL=2
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+export PYTHONUNBUFFERED=1 PYTHON
 "$PYTHON" -c 'import ml_collections' || {
   echo "ml_collections is missing: run 'bash benchmarks/gpu_check.sh fetch' first and carry .wheels." >&2
   exit 1
 }
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null | tee "$OUT/gpu_check.log"
-
-bench() {  # bench NAME FLAGS...: one benchmark run; a failure (e.g. out of memory) is logged.
-  local name=$1; shift
-  echo "== $name" | tee -a "$OUT/gpu_check.log"
-  timeout 200 "$PYTHON" benchmarks/train_step.py --config=configs/imagenet128.py \
-    --config.batch_size=128 --steps=10 --warmup=2 --peak_tflops=778 --json="$OUT/train_step.jsonl" "$@" \
-    2>&1 | grep -v '^I0000\|^W0000' | tail -6 | tee -a "$OUT/gpu_check.log"
-}
-
-# Most important first: a run cut short by the time limit still returns the earlier lines.
-# Each run compiles the step once (about a minute or two); `gpu_check.sh more` runs the rest in
-# a second call.
-if [[ "${1:-}" != more ]]; then
-  bench d1 --config.optim.d_steps=1
-  bench d1_f32res --config.optim.d_steps=1 --config.float32_residuals=True
-  bench d1_remat --config.optim.d_steps=1 --config.model.remat=True
-  bench d2 --config.optim.d_steps=2
-  bench d1_profile --config.optim.d_steps=1 --steps=3 --warmup=1 --profile="$OUT/trace"  # Cached.
-else
-  bench d1_dense_attention --config.optim.d_steps=1 --config.model.attention=dense
-  bench d1_remat_f32res --config.optim.d_steps=1 --config.model.remat=True --config.float32_residuals=True
-  bench d2_remat --config.optim.d_steps=2 --config.model.remat=True
-fi
+exec "$PYTHON" -u benchmarks/gpu_check.py "$@"
