@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ def test_gpu_check_dry_run(tmp_path):
   out = tmp_path / 'out'
   env = {**os.environ, 'OUT': str(out), 'CONFIG': 'configs/tiny.py', 'BATCH': '8',
          'PYTHON': sys.executable, 'RUNS': 'd1', 'STEPS': '2', 'WARMUP': '1', 'DEADLINE': '600',
-         'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '',
+         'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_flags(1),  # Keeps an --xla_cpu_max_isa given.
          'JAX_COMPILATION_CACHE_DIR': os.environ.get('GPU_CHECK_TEST_CACHE', os.path.join(ROOT, '.jax_cache'))}
   console = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu_check.sh')],
                            capture_output=True, text=True, env=env, timeout=600)
