@@ -12,7 +12,7 @@ import sys
 
 import jax
 import numpy as np
-from conftest import tiny_training_config, xla_flags
+from conftest import xla_flags
 
 import multiprocess_worker
 from bigbigan_jax import parallel, run_dir, train_step
@@ -84,7 +84,7 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   assert checkpoint_steps(tmp_path)[-1] == STEPS
 
   # The steps after it, fed the same global batches, equal one process with four devices.
-  config = tiny_training_config(STEPS)
+  config = multiprocess_worker.run_config(STEPS)
   mesh = parallel.make_mesh()
   manager = run_dir.checkpoint_manager(tmp_path, config)
   state = run_dir.restore(manager, STEPS, config, mesh)
