@@ -61,17 +61,13 @@ def final_states(workdir):
   return [int(s['step']) for s in states], [s['digest'] for s in states]
 
 
-def checkpoint_steps(workdir):
-  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-
-
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_path):
   codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AFTER_COMPILE)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
   # Both processes stopped after the same step and saved it.
   assert steps[0] == steps[1] and 2 <= steps[0] < STEPS
-  assert steps[0] in checkpoint_steps(tmp_path)
+  assert steps[0] in run_dir.checkpoint_steps(tmp_path)
   np.testing.assert_array_equal(digests[0], digests[1])
   assert 'Stopping at step' in errors[0] and 'Process 0 of 2' in errors[0]
 
@@ -81,7 +77,7 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   extra = multiprocess_worker.EXTRA_STEPS
   assert steps == [STEPS + extra] * 2
   np.testing.assert_array_equal(digests[0], digests[1])
-  assert checkpoint_steps(tmp_path)[-1] == STEPS
+  assert run_dir.checkpoint_steps(tmp_path)[-1] == STEPS
 
   # The steps after it, fed the same global batches, equal one process with four devices.
   config = tiny_training_config(STEPS)

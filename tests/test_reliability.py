@@ -53,10 +53,6 @@ def snapshot(workdir):
           (p.name == 'config.json' or 'checkpoints' in p.parts)}
 
 
-def checkpoint_steps(workdir):
-  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-
-
 @pytest.fixture
 def run_copy(tiny_run, tmp_path):
   """A copy of the 4-step tiny run (checkpoints 2 and 4) that a test may change."""
@@ -106,7 +102,7 @@ def test_divergence_stops_before_saving_and_keeps_the_good_checkpoints(run_copy)
   assert code == 1
   assert 'Training diverged' in one_sentence(text)
   assert f'the newest good checkpoint is step 4 in {run_copy}/checkpoints' in text
-  assert checkpoint_steps(run_copy) == [2, 4]
+  assert run_dir.checkpoint_steps(run_copy) == [2, 4]
   assert snapshot(run_copy) == before  # config.json too: the diverged settings are not kept.
 
 
@@ -126,7 +122,7 @@ def test_resume_with_a_changed_architecture_keeps_the_run(run_copy):
 def test_bookkeeping_changes_resume_without_asking(run_copy):
   code, text = run_main(run_copy, steps=6, checkpoint_every_steps=3)
   assert (code, text) == (0, '')
-  assert checkpoint_steps(run_copy) == [2, 4, 6]
+  assert run_dir.checkpoint_steps(run_copy) == [2, 4, 6]
 
 
 def _truncate_a_data_file(step_dir):
@@ -180,7 +176,7 @@ def test_a_failed_save_stops_the_run_with_earlier_checkpoints_intact(run_copy, m
   assert code == 1
   assert 'Saving the checkpoint at step 6 failed ([Errno 28] No space left on device)' in one_sentence(text)
   assert 'the newest good checkpoint is step 4' in text
-  assert checkpoint_steps(run_copy) == [2, 4]
+  assert run_dir.checkpoint_steps(run_copy) == [2, 4]
   assert {k: v for k, v in snapshot(run_copy).items() if k != 'config.json'} == {
       k: v for k, v in before.items() if k != 'config.json'}
 
@@ -194,7 +190,7 @@ def test_a_failed_background_save_stops_the_run(run_copy, monkeypatch):
   code, text = run_main(run_copy, steps=10)
   assert code == 1
   assert 'Saving the checkpoint at step 6 failed' in one_sentence(text)
-  assert max(checkpoint_steps(run_copy)) <= 6
+  assert max(run_dir.checkpoint_steps(run_copy)) <= 6
 
 
 @pytest.mark.parametrize('signum,code', [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
@@ -210,7 +206,7 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
   monkeypatch.setattr(input_pipeline, 'train_iterator', signal_at_the_seventh_batch)
   assert run_main(run_copy, steps=20) == (code, '')
   # The signal arrives while later batches are prefetched: the run stops at the next step.
-  stopped = checkpoint_steps(run_copy)[-1]
+  stopped = run_dir.checkpoint_steps(run_copy)[-1]
   assert 4 < stopped < 20
   if signum == signal.SIGINT:
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

@@ -29,7 +29,7 @@ def test_run_writes_events_grids_checkpoints_and_config(uninterrupted):
   for kind in ('samples', 'reconstructions'):
     assert (workdir / 'images' / f'{kind}_0000002.png').exists()
     assert (workdir / 'images' / f'{kind}_0000004.png').exists()
-  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == [2, 4]
+  assert run_dir.checkpoint_steps(workdir) == [2, 4]
   assert run_dir.load_config(workdir).num_train_steps == 4
 
 
