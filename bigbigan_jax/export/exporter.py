@@ -48,8 +48,10 @@ def writer(fmt: str):
   except ImportError as e:
     raise ExportError(f'--format={fmt} needs {e.name}, which is not installed; pip install '
                       "'bigbigan_jax[export]'.") from None
-  return (lambda n, out_dir: weights.write(n.trees(), n.config, n.step, out_dir),
-          lambda config: None)
+
+  def write_weights(n: networks_lib.Networks, out_dir: str) -> None:
+    weights.write(n.trees(), networks_lib.config_json(n.config), n.step, out_dir)
+  return write_weights, lambda config: None
 
 
 def export(workdir: str, fmt: str, out: Optional[str] = None, step: Optional[int] = None,

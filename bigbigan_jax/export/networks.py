@@ -5,6 +5,8 @@ and evaluation sample with), E its running statistics, D its stored spectral-nor
 """
 
 import dataclasses
+import json
+import os
 from typing import Any, Optional
 
 import jax
@@ -108,6 +110,26 @@ class Functions:
 
   def discriminate(self, variables, x, z) -> dict[str, jax.Array]:
     return self.models.discriminator.apply(variables, x, z, train=False)
+
+
+def _portable(value):
+  """`value` with each absolute path (also after a 'name:' prefix) cut to its last component."""
+  if isinstance(value, dict):
+    return {k: _portable(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_portable(v) for v in value]
+  if not isinstance(value, str):
+    return value
+  head, sep, path = ('', '', value) if value.startswith(('/', '~')) else value.partition(':')
+  if path.startswith(('/', '~')):
+    return head + sep + os.path.basename(path.rstrip('/'))
+  return value
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+  """The config as an export's config.json: paths of the exporting machine (a data_dir, the
+  Inception weights) keep only their last component."""
+  return json.dumps(_portable(json.loads(config.to_json_best_effort())), indent=2) + '\n'
 
 
 def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:

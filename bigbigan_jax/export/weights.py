@@ -3,7 +3,8 @@
 `networks.safetensors` holds one tensor per array, named `<network>/<collection>/<module path>`,
 e.g. `generator/params/block2/conv1/kernel` (HWIO), `generator/spectral/block2/conv1/u` (the
 spectral-norm vector), `generator/batch_stats/block2/bn1/bn/mean` (standing statistics).
-`config.json` is the run's config and `shapes.json` maps every name to its shape.
+`config.json` is the run's config, `shapes.json` maps every name to its shape and `README.txt`
+says all this to whoever gets the folder.
 """
 
 import json
@@ -16,6 +17,22 @@ from safetensors import numpy as safetensors_numpy
 
 FILE = 'networks.safetensors'
 NETWORKS = ('generator', 'encoder', 'discriminator')
+README = """\
+BigBiGAN weights exported by bigbigan_jax from step {step}: networks.safetensors (one tensor per
+array), config.json (the run's config, with the sizes of every network) and shapes.json (name ->
+shape). Names are <network>/<collection>/<module path>:
+  generator/params/...          G's EMA weights; conv kernels HWIO, dense kernels [in, out]
+  generator/spectral/...        the spectral-norm vectors u: the model divides a kernel by
+                                sigma = v . (W u), W = kernel as a matrix [-1, out],
+                                v = W u / sqrt(|W u|^2 + model.sn_eps)
+  generator/batch_stats/...     G's standing BatchNorm statistics (mean, var)
+  encoder/params/..., encoder/batch_stats/...      E with its running statistics
+  discriminator/params/..., discriminator/spectral/...  D
+Read it with safetensors.numpy.load_file(path) or safetensors.torch.load_file(path), or with
+bigbigan_jax.export.weights.load(folder) -> (config, trees) (numpy, no JAX needed). To run the
+networks without porting them, export the run as ONNX (python -m bigbigan_jax.export
+--format=onnx): its folder's bigbigan_onnx.py runs them with ONNX Runtime, numpy in and out.
+"""
 
 
 def flatten(trees: dict[str, Any], prefix: str = '') -> dict[str, np.ndarray]:
@@ -43,11 +60,10 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
   return out
 
 
-def write(trees: dict[str, Any], config: ml_collections.ConfigDict, step: int,
-          out_dir: str) -> None:
-  """Writes networks.safetensors, config.json and shapes.json into `out_dir`."""
+def write(trees: dict[str, Any], config_json: str, step: int, out_dir: str) -> None:
+  """Writes networks.safetensors, config.json (`config_json`), shapes.json and README.txt into
+  `out_dir`."""
   flat = flatten(trees)
-  config_json = config.to_json_best_effort(indent=2)
   metadata = {'format': 'bigbigan_jax', 'step': str(step), 'config': config_json}
   safetensors_numpy.save_file(flat, os.path.join(out_dir, FILE), metadata=metadata)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
@@ -55,6 +71,8 @@ def write(trees: dict[str, Any], config: ml_collections.ConfigDict, step: int,
   lines = [f'  {json.dumps(name)}: {list(a.shape)}' for name, a in sorted(flat.items())]
   with open(os.path.join(out_dir, 'shapes.json'), 'w') as f:
     f.write('{\n' + ',\n'.join(lines) + '\n}\n')
+  with open(os.path.join(out_dir, 'README.txt'), 'w') as f:
+    f.write(README.format(step=step))
 
 
 def load(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
