@@ -1,6 +1,9 @@
 """Export of a trained run: SavedModel, ONNX and safetensors checked by consumers that run in
-their own processes without JAX, and every bad input of the export command."""
+their own processes without JAX (the SavedModel as code written for the official TF-Hub module
+runs it), bad inputs of the exported networks and of the export command, and no path of this
+machine in any exported file."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -19,12 +22,82 @@ ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 BATCH_SIZES = (3, 5)
 
 
-def _consume(script: str, *args: str) -> None:
+def _consume(script: str, *args: str) -> str:
+  """The consumer's output, once it has printed `ok` last and exited 0."""
   env = {**os.environ, 'PYTHONPATH': ROOT, 'TF_CPP_MIN_LOG_LEVEL': '2'}
   result = subprocess.run([sys.executable, os.path.join(CONSUMERS, script), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=300)
   assert result.returncode == 0 and result.stdout.strip().endswith('ok'), (
       result.stdout[-3000:] + result.stderr[-3000:])
+  return result.stdout
+
+
+def _machine_paths(*extra) -> list[str]:
+  """This checkout's, the home directory's and `extra` paths (none of them may be exported).
+  The home directory ends in a separator: HOME=/root is also in variable names like root_conv."""
+  home = os.path.join(os.path.expanduser('~'), '')
+  return [p for p in (ROOT, home, *map(str, extra)) if len(p) > 1]
+
+
+def _assert_portable(out: str, *extra) -> None:
+  """Every file of the export folder `out` is free of this machine's paths; it has a README."""
+  forbidden = _machine_paths(*extra)
+  for root, _, files in os.walk(out):
+    for name in files:
+      with open(os.path.join(root, name), 'rb') as f:
+        data = f.read()
+      found = [p for p in forbidden if p.encode() in data]
+      assert not found, f'{os.path.join(root, name)} holds {found}'
+  assert os.path.isfile(os.path.join(out, 'README.txt'))
+
+
+def _bad_inputs(config, onnx: bool) -> list:
+  """[network, {input: [shape, dtype]}, the sentence the call must fail with]."""
+  z, e, r, c = (config.model.z_dim, config.encoder.resolution, config.model.resolution,
+                config.data.num_channels)
+  f32 = 'float32'
+  if onnx:
+    x, g = 'encoder.onnx: x must', 'generator.onnx: z must'
+    cases = [
+        ('generator', {'z': ((0, z), f32)},
+         f'{g} have shape [N, {z}] with N >= 1; got [0, {z}].'),
+        ('generator', {'z': ((4, 120), f32)},
+         f'{g} have shape [N, {z}] with N >= 1; got [4, 120].'),
+        ('encoder', {'x': ((4, e, e, c), f32), 'noise': ((1, z), f32)},
+         f'encoder.onnx: noise must have shape [4, {z}], as many rows as x; got [1, {z}].'),
+        ('encoder', {'x': ((0, e, e, c), f32)},
+         f'{x} have shape [N, {e}, {e}, {c}] with N >= 1; got [0, {e}, {e}, {c}].'),
+        ('encoder', {'x': ((2, e, e, c + 1), f32)},
+         f'{x} have shape [N, {e}, {e}, {c}] with N >= 1; got [2, {e}, {e}, {c + 1}].'),
+        ('encoder', {'x': ((2, e, e, c), 'uint8')},
+         f'{x} be a float array (images in [-1, 1]); got uint8.'),
+    ]
+  else:
+    x_e = f'x must have shape [N, {e}, {e}, {c}] with N >= 1; got'
+    cases = [
+        ('generate', {'z': ((4, 120), f32)},
+         f'generate: z must have shape [N, {z}] with N >= 1; got [4, 120].'),
+        ('generate', {'z': ((0, z), f32)},
+         f'generate: z must have shape [N, {z}] with N >= 1; got [0, {z}].'),
+        ('generate', {'z': ((z,), f32)},
+         f'generate: z must have shape [N, {z}] with N >= 1; got [{z}].'),
+        ('encode', {'x': ((2, e // 2, e // 2, c), f32)},
+         f'encode: {x_e} [2, {e // 2}, {e // 2}, {c}].'),
+        ('encode', {'x': ((2, e, e, 1), f32)}, f'encode: {x_e} [2, {e}, {e}, 1].'),
+        ('serving_default', {'x': ((e, e, c), f32)}, f'encode: {x_e} [{e}, {e}, {c}].'),
+        ('default', {'x': ((0, e, e, c), f32)}, f'encode: {x_e} [0, {e}, {e}, {c}].'),
+        ('encode_with_seed', {'x': ((2, e, e, c), f32), 'seed': ((2,), 'int32')},
+         'encode: seed must have shape [] (a scalar); got [2].'),
+        ('discriminate', {'x': ((3, r, r, c), f32), 'z': ((2, z), f32)},
+         f'discriminate: z must have shape [3, {z}], as many rows as x; got [2, {z}].'),
+        ('discriminate', {'x': ((2, r, r, c), f32), 'z': ((2, 120), f32)},
+         f'discriminate: z must have shape [2, {z}], as many rows as x; got [2, 120].'),
+        ('discriminate', {'x': ((2, r // 2, r // 2, c), f32), 'z': ((2, z), f32)},
+         f'discriminate: x must have shape [N, {r}, {r}, {c}] with N >= 1; got '
+         f'[2, {r // 2}, {r // 2}, {c}].'),
+    ]
+  return [[net, {k: [list(shape), dtype] for k, (shape, dtype) in ins.items()}, sentence]
+          for net, ins, sentence in cases]
 
 
 def _snapshot(workdir) -> dict[str, tuple[int, int]]:
@@ -86,25 +159,52 @@ def _save_cases(path, cases_by_batch) -> None:
   np.savez(path, **arrays)
 
 
-def test_saved_model_signatures_match_inference(run, reference, tmp_path):
+@pytest.fixture(scope='module')
+def saved_model(run, reference, tmp_path_factory):
+  """(export folder, consumer output) of the SavedModel export, run by tensorflow_consumer.py."""
   workdir, config = run[:2]
+  tmp_path = tmp_path_factory.mktemp('saved_model')
   out = exporter.export(str(workdir), 'saved_model', out=str(tmp_path / 'sm'))
   cases = {}
   for batch, ref in reference.items():
-    encoded = {**ref['encoded_seed'], 'default': ref['encoded_seed']['z_sample']}
+    encoded = {k: v for k, v in ref['encoded_seed'].items() if k != 'z_sample'}
+    seeded = {**ref['encoded_seed'], 'default': ref['encoded_seed']['z_sample']}
     cases[batch] = {
         'generate': ({'z': ref['z']}, {'default': ref['images'], 'upsampled': ref['upsampled']}),
-        'encode': ({'x': ref['x_e'], 'seed': ref['seed']}, encoded),
-        'serving_default': ({'x': ref['x_e'], 'seed': ref['seed']}, encoded),
+        'encode': ({'x': ref['x_e']}, encoded),  # z_sample's noise is fresh: checked apart.
+        'serving_default': ({'x': ref['x_e']}, encoded),
+        'default': ({'x': ref['x_e']}, {}),
+        'encode_with_seed': ({'x': ref['x_e'], 'seed': ref['seed']}, seeded),
         'discriminate': ({'x': ref['x_d'], 'z': ref['z']}, ref['scores']),
     }
   _save_cases(tmp_path / 'reference.npz', cases)
-  _consume('tensorflow_consumer.py', out, tmp_path / 'reference.npz')
+  bad = {'bad': _bad_inputs(config, onnx=False),
+         'forbidden': _machine_paths(os.path.abspath(workdir))}
+  (tmp_path / 'bad.json').write_text(json.dumps(bad))
+  return out, _consume('tensorflow_consumer.py', out, tmp_path / 'reference.npz',
+                       tmp_path / 'bad.json')
+
+
+def test_saved_model_is_the_official_module_and_matches_inference(run, saved_model):
+  """Signatures at two batch sizes within 1e-4 of inference.BigBiGAN, fresh noise without a
+  seed, the official usage (tf.saved_model.load, tags=[]), a sentence for each bad input."""
+  workdir, config = run[:2]
+  out, _ = saved_model
+  _assert_portable(out, os.path.abspath(workdir))
   with open(os.path.join(out, 'config.json')) as f:
     assert json.load(f) == json.loads(config.to_json_best_effort())
   with open(os.path.join(out, 'README.txt')) as f:
     readme = f.read()
-  assert all(name in readme for name in ('generate', 'encode', 'discriminate', 'serving_default'))
+  assert all(name in readme for name in ('generate', 'encode', 'encode_with_seed',
+                                         'discriminate', 'serving_default', 'default'))
+
+
+def test_saved_model_runs_official_tensorflow_hub_code(saved_model):
+  """hub.load(path) (also tags=[]) and hub.KerasLayer run as with the official module."""
+  if importlib.util.find_spec('tensorflow_hub') is None:
+    pytest.skip('tensorflow_hub is not installed (it needs tf_keras, which needs the tensorflow '
+                'package beside tensorflow-cpu)')
+  assert 'tensorflow_hub ok' in saved_model[1]
 
 
 def test_onnx_encoder_and_generator_match_inference(run, reference, tmp_path):
@@ -118,7 +218,10 @@ def test_onnx_encoder_and_generator_match_inference(run, reference, tmp_path):
         'encoder': ({'x': ref['x_e'], 'noise': ref['noise']}, {**encoded, 'z_sample': z_sample}),
     }
   _save_cases(tmp_path / 'reference.npz', cases)
-  _consume('onnxruntime_consumer.py', out, tmp_path / 'reference.npz')
+  (tmp_path / 'bad.json').write_text(json.dumps(_bad_inputs(run[1], onnx=True)))
+  _consume('onnxruntime_consumer.py', out, tmp_path / 'reference.npz', tmp_path / 'bad.json')
+  _assert_portable(out, os.path.abspath(run[0]))
+  assert os.path.isfile(os.path.join(out, 'bigbigan_onnx.py'))
 
 
 def test_onnx_deterministic_encoder_has_one_latent_output(run):
@@ -147,6 +250,7 @@ def test_safetensors_round_trip_is_exact_and_run_untouched(run, tmp_path):
   out = exporter.export(str(workdir), 'safetensors')
   assert out == os.path.join(str(workdir), 'export', '4', 'safetensors')
   assert _snapshot(workdir) == before
+  _assert_portable(out, workdir, source)
 
   expected = {
       'generator': {'params': state.g_ema_params, **standing},
@@ -172,6 +276,18 @@ def test_safetensors_round_trip_is_exact_and_run_untouched(run, tmp_path):
   exporter.export(str(workdir), 'safetensors', overwrite=True)
   assert os.path.exists(os.path.join(out, 'shapes.json'))
   assert _snapshot(workdir) == before
+
+
+def test_exported_config_cuts_machine_paths(run):
+  from bigbigan_jax.export import networks  # pylint: disable=g-import-not-at-top
+  config = run_dir.load_config(run[0])
+  config.data.data_dir = '/home/someone/tensorflow_datasets/'
+  config.data.dataset = 'folder:/data/images'
+  config.eval.inception_weights = '~/weights/inception.npz'
+  got = json.loads(networks.config_json(config))
+  assert (got['data']['data_dir'], got['data']['dataset'], got['eval']['inception_weights']) == (
+      'tensorflow_datasets', 'folder:images', 'inception.npz')
+  assert got['model'] == config.model.to_dict()
 
 
 def _broken_run(tmp_path, source, **config_changes):

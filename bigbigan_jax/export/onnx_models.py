@@ -4,13 +4,15 @@ The networks' arrays become initializers. The encoder takes x and, for a stochas
 noise of z_sample = z_mean + z_stdev * noise (ONNX has no generator of JAX's random numbers).
 The SavedModel's aliases are left out (an ONNX value has one name): encode's `default` is
 z_sample, and generate's `upsampled` is a resize of `default`; a deterministic E returns only
-z_mean of the three latent outputs (its z_sample is z_mean and its z_stdev 0).
+z_mean of the three latent outputs (its z_sample is z_mean and its z_stdev 0). ONNX graphs cannot
+raise errors, so the folder also gets bigbigan_onnx.py, which checks the inputs before running.
 """
 
 import contextlib
 import io
 import logging
 import os
+import shutil
 import warnings
 
 import jax2onnx
@@ -21,13 +23,24 @@ from bigbigan_jax.export import networks as networks_lib
 
 README = """\
 BigBiGAN ONNX networks exported by bigbigan_jax from step {step} (config.json beside this file).
-Inputs and outputs are float32 NHWC; the first axis (batch) is dynamic.
+Inputs and outputs are float32 NHWC; the first axis (batch, N >= 1) is dynamic. Images are in
+[-1, 1] (uint8 pixels: x = pixels / 127.5 - 1).
 
-encoder.onnx    x [N, {e}, {e}, {c}] in [-1, 1]{noise}
+encoder.onnx    x [N, {e}, {e}, {c}]{noise}
                 -> {latents} [N, {z}], avepool_feat [N, {f}], bn_crelu_feat [N, {f2}]
 generator.onnx  z [N, {z}] ~ N(0, I)
                 -> default [N, {r}, {r}, {c}] in [-1, 1] (G's EMA weights, standing BN statistics)
+
+ONNX Runtime does not check the inputs: a batch of 0 can kill the process (SIGFPE) and a noise
+batch of 1 is broadcast over x's. bigbigan_onnx.py (numpy and onnxruntime only) checks them and
+raises ValueError with one sentence:
+  import sys; sys.path.insert(0, FOLDER); import bigbigan_onnx
+  encoder = bigbigan_onnx.Encoder(FOLDER)           # seed=S: a reproducible sequence of noises
+  out = encoder(x)                                  # dict; fresh noise at every call, or noise=...
+  images = bigbigan_onnx.Generator(FOLDER)(z)['default']
+PyTorch: encoder(x.permute(0, 2, 3, 1).numpy()) for NCHW tensors, torch.from_numpy(out[...]).
 """
+WRAPPER = 'bigbigan_onnx.py'  # Copied from this package into the export folder.
 FEATURES = ('avepool_feat', 'bn_crelu_feat')
 BATCH = 'N'  # The dynamic batch axis.
 
@@ -108,7 +121,8 @@ def generator_model(networks: networks_lib.Networks) -> onnx.ModelProto:
 
 
 def write(networks: networks_lib.Networks, out_dir: str) -> None:
-  """Writes encoder.onnx, generator.onnx, config.json and README.txt into `out_dir`."""
+  """Writes encoder.onnx, generator.onnx, config.json, README.txt and bigbigan_onnx.py into
+  `out_dir`."""
   encoder = encoder_model(networks)
   onnx.save(encoder, os.path.join(out_dir, 'encoder.onnx'))
   onnx.save(generator_model(networks), os.path.join(out_dir, 'generator.onnx'))
@@ -123,4 +137,5 @@ def write(networks: networks_lib.Networks, out_dir: str) -> None:
   with open(os.path.join(out_dir, 'README.txt'), 'w') as f:
     f.write(text)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    f.write(c.to_json_best_effort(indent=2))
+    f.write(networks_lib.config_json(c))
+  shutil.copyfile(os.path.join(os.path.dirname(__file__), WRAPPER), os.path.join(out_dir, WRAPPER))

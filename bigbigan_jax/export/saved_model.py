@@ -1,36 +1,61 @@
-"""SavedModel export through jax2tf: a tf.Module mirroring the official BigBiGAN TF-Hub module.
+"""SavedModel export through jax2tf: a drop-in for the official BigBiGAN TF-Hub module.
 
 Native serialization (StableHLO for CPU, CUDA and TPU) with a polymorphic batch dimension; the
-networks' arrays are tf.Variables, so the graph stays small. Signatures:
-  generate(z)          -> default, upsampled
-  encode(x, seed)      -> z_mean, z_stdev, z_sample, default, avepool_feat, bn_crelu_feat
-  discriminate(x, z)   -> score_x, score_z, score_xz
-  serving_default      =  encode
+networks' arrays are tf.Variables, so the graph stays small. Signatures, as the official module's
+plus `encode_with_seed`:
+  generate(z)               -> default, upsampled
+  encode(x)                 -> z_mean, z_stdev, z_sample, default, avepool_feat, bn_crelu_feat
+  encode_with_seed(x, seed) -> the same, z_sample's noise drawn from PRNGKey(seed)
+  discriminate(x, z)        -> score_x, score_z, score_xz
+  default(x)                -> default (= encode's z_sample)
+  serving_default           =  encode
+Every signature checks its inputs' shapes first. The root object is callable (x -> z_sample, what
+hub.KerasLayer(path) runs) and has the tf.functions generate(z), encode(x, seed=None) and
+discriminate(x, z). Its MetaGraph has the empty tag set, the official module's inference tag set,
+so that tf.saved_model.load(path, tags=[]) loads it as well as tf.saved_model.load(path).
 """
 
+import contextlib
 import functools
 import os
 
+import jax
 import tensorflow as tf
 from jax.experimental import jax2tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.saved_model import fingerprinting_utils
 
 from bigbigan_jax.export import networks as networks_lib
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 README = """\
 BigBiGAN SavedModel exported by bigbigan_jax from step {step} (config.json beside this file).
-Load with tf.saved_model.load(path); call module.signatures[NAME](**inputs) -> dict of tensors.
-Every input and output is float32 unless noted; N is any batch size.
+A drop-in for the official TF-Hub module (tfhub.dev/deepmind/bigbigan-*): load it with
+hub.load(path), hub.load(path, tags=[]) or tf.saved_model.load(path); call
+module.signatures[NAME](**inputs) -> dict of tensors. hub.KerasLayer(path) gives z_sample of x;
+hub.KerasLayer(path, signature=NAME, output_key=KEY) one output of a signature.
+Every input and output is float32 unless noted; N >= 1 is any batch size. Images are NHWC in
+[-1, 1] (uint8 pixels: x = pixels / 127.5 - 1); inputs of another shape stop with one sentence.
 
-generate      z [N, {z}] ~ N(0, I)
-              -> default [N, {r}, {r}, {c}] in [-1, 1] (G's EMA weights, standing BN statistics)
-                 upsampled [N, {e}, {e}, {c}] (default bilinearly resized to E's resolution)
-encode        x [N, {e}, {e}, {c}] in [-1, 1], seed int32 scalar (draws z_sample's noise)
-serving_default (same as encode)
-              -> z_mean, z_stdev, z_sample, default (= z_sample) [N, {z}]
-                 avepool_feat [N, {f}], bn_crelu_feat [N, {f2}]
-discriminate  x [N, {r}, {r}, {c}] in [-1, 1], z [N, {z}]
-              -> score_x, score_z, score_xz [N] (raw logits)
+generate          z [N, {z}] ~ N(0, I)
+                  -> default [N, {r}, {r}, {c}] in [-1, 1] (G's EMA weights, standing BN statistics)
+                     upsampled [N, {e}, {e}, {c}] (default bilinearly resized to E's resolution)
+encode            x [N, {e}, {e}, {c}]
+serving_default   (same as encode)
+                  -> z_mean, z_stdev, z_sample, default (= z_sample) [N, {z}]
+                     avepool_feat [N, {f}], bn_crelu_feat [N, {f2}]
+                  z_sample = z_mean + z_stdev * noise, with fresh noise at every call.
+encode_with_seed  x [N, {e}, {e}, {c}], seed int32 scalar
+                  -> as encode, with the noise drawn from seed: the same seed gives the same
+                     noise, row by row, in every call, so give each batch its own seed (e.g.
+                     its index) when encoding a data set batch by batch.
+default           x [N, {e}, {e}, {c}] -> default (= encode's z_sample) [N, {z}]
+discriminate      x [N, {r}, {r}, {c}], z [N, {z}] (as many rows as x)
+                  -> score_x, score_z, score_xz [N] (raw logits)
+
+The module's tf.functions module.generate(z), module.encode(x) or
+module.encode(x, seed=tf.constant(SEED)) and module.discriminate(x, z) are the same networks.
+There is no `train` tag set (TF2 SavedModels hold one MetaGraph).
 """
 
 
@@ -48,8 +73,67 @@ def readme(networks: networks_lib.Networks, feature_dim: int) -> str:
                        f2=2 * feature_dim)
 
 
+def _shape_text(shape: tf.Tensor) -> tf.Tensor:
+  return tf.strings.join(['[', tf.strings.reduce_join(tf.strings.as_string(shape),
+                                                      separator=', '), ']'])
+
+
+def _shape(value: tf.Tensor) -> tf.Tensor:
+  return tf.raw_ops.Shape(input=value)  # tf.shape folds a fully known declared shape.
+
+
+def _checked(value: tf.Tensor, ok: tf.Tensor, where: str, name: str, expected) -> tf.Tensor:
+  """`value`, once an assertion that `ok` holds has run; it fails with one sentence."""
+  message = tf.strings.join([f'{where}: {name} must have shape ', expected, '; got ',
+                             _shape_text(_shape(value)), '.'])
+  with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+    return tf.identity(value)
+
+
+def check_batch(value: tf.Tensor, where: str, name: str, dims, rows=None) -> tf.Tensor:
+  """`value` checked to have shape [N, *dims], N >= 1 (N = `rows` when given)."""
+  shape = _shape(value)
+  rank = len(dims) + 1
+  padded = tf.concat([shape, tf.fill([rank], -1)], 0)[:rank]  # Any rank compares.
+  ok = tf.logical_and(tf.equal(tf.size(shape), rank),
+                      tf.reduce_all(tf.equal(padded[1:], tf.constant(dims, tf.int32))))
+  dims_text = ''.join(f', {d}' for d in dims)
+  if rows is None:
+    ok = tf.logical_and(ok, padded[0] >= 1)
+    expected = f'[N{dims_text}] with N >= 1'
+  else:
+    ok = tf.logical_and(ok, tf.equal(padded[0], rows))
+    expected = tf.strings.join(['[', tf.strings.as_string(rows), f'{dims_text}], as many rows '
+                                'as x'])
+  return _checked(value, ok, where, name, expected)
+
+
+def check_scalar(value: tf.Tensor, where: str, name: str) -> tf.Tensor:
+  """`value` (declared of unknown shape: TensorFlow folds a check of a declared scalar's shape
+  away) checked to be a scalar, as a tensor of static shape []."""
+  checked = _checked(value, tf.equal(tf.size(_shape(value)), 0), where, name, '[] (a scalar)')
+  return tf.reshape(checked, [])
+
+
+@contextlib.contextmanager
+def _portable_locations():
+  """Source locations in the lowered modules name files without their directories, so that no
+  path of this machine gets into the export."""
+  options = {'jax_include_full_tracebacks_in_locations': False,
+             'jax_hlo_source_file_canonicalization_regex': '.*/'}
+  saved = {name: jax.config.values[name] for name in options}
+  try:
+    for name, value in options.items():
+      jax.config.update(name, value)
+    yield
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
+
+
 def build_module(networks: networks_lib.Networks) -> tf.Module:
-  """The tf.Module with tf.functions generate, encode and discriminate (batch polymorphic)."""
+  """The tf.Module with tf.functions generate, encode, encode_with_seed, discriminate, default
+  and __call__ (batch polymorphic, inputs checked)."""
   config = networks.config
   functions = networks_lib.Functions(config)
   shapes = networks_lib.input_shapes(config)
@@ -65,33 +149,72 @@ def build_module(networks: networks_lib.Networks) -> tf.Module:
   module.encoder_variables = _variables(networks.encoder, 'encoder')
   module.discriminator_variables = _variables(networks.discriminator, 'discriminator')
   spec = lambda name, shape, dtype=tf.float32: tf.TensorSpec(shape, dtype, name=name)
-  module.generate = tf.function(
-      lambda z: generate(module.generator_variables, z),
-      input_signature=[spec('z', (None, *shapes['z']))], autograph=False)
-  module.encode = tf.function(
-      lambda x, seed: encode(module.encoder_variables, x, seed),
-      input_signature=[spec('x', (None, *shapes['x_encoder'])), spec('seed', (), tf.int32)],
-      autograph=False)
-  module.discriminate = tf.function(
-      lambda x, z: discriminate(module.discriminator_variables, x, z),
-      input_signature=[spec('x', (None, *shapes['x_discriminator'])),
-                       spec('z', (None, *shapes['z']))], autograph=False)
+  z_spec = spec('z', (None, *shapes['z']))
+  x_spec = spec('x', (None, *shapes['x_encoder']))
+  x_d_spec = spec('x', (None, *shapes['x_discriminator']))
+
+  def generate_checked(z):
+    return generate(module.generator_variables, check_batch(z, 'generate', 'z', shapes['z']))
+
+  def encode_with_seed(x, seed):
+    x = check_batch(x, 'encode', 'x', shapes['x_encoder'])
+    return encode(module.encoder_variables, x, check_scalar(seed, 'encode', 'seed'))
+
+  def encode_fresh(x, seed=None):
+    if seed is None:  # Fresh noise at every call, as the official module draws it.
+      seed = tf.random.uniform((), maxval=tf.int32.max, dtype=tf.int32)
+    return module.encode_with_seed(x, seed)
+
+  def discriminate_checked(x, z):
+    x = check_batch(x, 'discriminate', 'x', shapes['x_discriminator'])
+    z = check_batch(z, 'discriminate', 'z', shapes['z'], rows=tf.shape(x)[0])
+    return discriminate(module.discriminator_variables, x, z)
+
+  function = functools.partial(tf.function, autograph=False)
+  module.generate = function(generate_checked, input_signature=[z_spec])
+  seed_spec = spec('seed', None, tf.int32)  # A scalar; see check_scalar.
+  module.encode_with_seed = function(encode_with_seed, input_signature=[x_spec, seed_spec])
+  module.encode = function(encode_fresh)
+  module.discriminate = function(discriminate_checked, input_signature=[x_d_spec, z_spec])
+  module.default = function(lambda x: {'default': module.encode(x)['z_sample']},
+                            input_signature=[x_spec])
+  module.__call__ = function(lambda x: module.encode(x)['z_sample'], input_signature=[x_spec])
+  module.encode.get_concrete_function(x_spec)
+  module.encode.get_concrete_function(x_spec, seed_spec)
   return module
+
+
+def _untag(out_dir: str) -> None:
+  """Gives the one MetaGraph the empty tag set (tf.saved_model.save writes {'serve'})."""
+  path = os.path.join(out_dir, 'saved_model.pb')
+  proto = saved_model_pb2.SavedModel()
+  with open(path, 'rb') as f:
+    proto.ParseFromString(f.read())
+  del proto.meta_graphs[0].meta_info_def.tags[:]
+  with open(path, 'wb') as f:
+    f.write(proto.SerializeToString())
+  fingerprinting_utils.write_fingerprint(out_dir)
 
 
 def write(networks: networks_lib.Networks, out_dir: str) -> None:
   """Writes the SavedModel, config.json and README.txt into `out_dir` (an empty directory)."""
-  module = build_module(networks)
-  encode = module.encode.get_concrete_function()
-  signatures = {
-      'generate': module.generate.get_concrete_function(),
-      'encode': encode,
-      'discriminate': module.discriminate.get_concrete_function(),
-      'serving_default': encode,
-  }
-  tf.saved_model.save(module, out_dir, signatures=signatures)
+  with _portable_locations():
+    module = build_module(networks)
+    encode = module.encode.get_concrete_function(
+        tf.TensorSpec((None, *networks_lib.input_shapes(networks.config)['x_encoder']),
+                      tf.float32, name='x'))
+    signatures = {
+        'generate': module.generate.get_concrete_function(),
+        'encode': encode,
+        'encode_with_seed': module.encode_with_seed.get_concrete_function(),
+        'discriminate': module.discriminate.get_concrete_function(),
+        'default': module.default.get_concrete_function(),
+        'serving_default': encode,
+    }
+    tf.saved_model.save(module, out_dir, signatures=signatures)
+  _untag(out_dir)
   feature_dim = encode.structured_outputs['avepool_feat'].shape[-1]
   with open(os.path.join(out_dir, 'README.txt'), 'w') as f:
     f.write(readme(networks, feature_dim))
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    f.write(networks.config.to_json_best_effort(indent=2))
+    f.write(networks_lib.config_json(networks.config))
