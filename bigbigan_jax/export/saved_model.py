@@ -82,16 +82,23 @@ def _shape(value: tf.Tensor) -> tf.Tensor:
   return tf.raw_ops.Shape(input=value)  # tf.shape folds a fully known declared shape.
 
 
-def _checked(value: tf.Tensor, ok: tf.Tensor, where: str, name: str, expected) -> tf.Tensor:
-  """`value`, once an assertion that `ok` holds has run; it fails with one sentence."""
+def _checked(value: tf.Tensor, ok: tf.Tensor, where: str, name: str, expected,
+             static_shape) -> tf.Tensor:
+  """`value` of `static_shape`, once an assertion that `ok` holds has run (it fails with one
+  sentence). A restored tf.function traces its body again with the caller's shapes: the static
+  shape is set past a reshape that hides them, lest a wrong one fail at tracing, in many lines."""
   message = tf.strings.join([f'{where}: {name} must have shape ', expected, '; got ',
                              _shape_text(_shape(value)), '.'])
   with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
-    return tf.identity(value)
+    shape = _shape(value)
+    hidden = tf.reshape(value, tf.boolean_mask(shape, tf.ones_like(shape, tf.bool)))
+  hidden.set_shape(static_shape)
+  return hidden
 
 
 def check_batch(value: tf.Tensor, where: str, name: str, dims, rows=None) -> tf.Tensor:
-  """`value` checked to have shape [N, *dims], N >= 1 (N = `rows` when given)."""
+  """`value` checked to have shape [N, *dims], N >= 1 (N = `rows` when given), as a tensor of
+  static shape [None, *dims]."""
   shape = _shape(value)
   rank = len(dims) + 1
   padded = tf.concat([shape, tf.fill([rank], -1)], 0)[:rank]  # Any rank compares.
@@ -105,14 +112,13 @@ def check_batch(value: tf.Tensor, where: str, name: str, dims, rows=None) -> tf.
     ok = tf.logical_and(ok, tf.equal(padded[0], rows))
     expected = tf.strings.join(['[', tf.strings.as_string(rows), f'{dims_text}], as many rows '
                                 'as x'])
-  return _checked(value, ok, where, name, expected)
+  return _checked(value, ok, where, name, expected, (None, *dims))
 
 
 def check_scalar(value: tf.Tensor, where: str, name: str) -> tf.Tensor:
   """`value` (declared of unknown shape: TensorFlow folds a check of a declared scalar's shape
   away) checked to be a scalar, as a tensor of static shape []."""
-  checked = _checked(value, tf.equal(tf.size(_shape(value)), 0), where, name, '[] (a scalar)')
-  return tf.reshape(checked, [])
+  return _checked(value, tf.equal(tf.size(_shape(value)), 0), where, name, '[] (a scalar)', ())
 
 
 @contextlib.contextmanager
@@ -132,8 +138,9 @@ def _portable_locations():
 
 
 def build_module(networks: networks_lib.Networks) -> tf.Module:
-  """The tf.Module with tf.functions generate, encode, encode_with_seed, discriminate, default
-  and __call__ (batch polymorphic, inputs checked)."""
+  """The tf.Module with tf.functions generate, encode, encode_with_seed, discriminate and
+  __call__ (batch polymorphic). They take inputs of any shape, so that every input reaches the
+  checks (TensorFlow's own matching of declared shapes would answer first, in many lines)."""
   config = networks.config
   functions = networks_lib.Functions(config)
   shapes = networks_lib.input_shapes(config)
@@ -148,10 +155,6 @@ def build_module(networks: networks_lib.Networks) -> tf.Module:
   module.generator_variables = _variables(networks.generator, 'generator')
   module.encoder_variables = _variables(networks.encoder, 'encoder')
   module.discriminator_variables = _variables(networks.discriminator, 'discriminator')
-  spec = lambda name, shape, dtype=tf.float32: tf.TensorSpec(shape, dtype, name=name)
-  z_spec = spec('z', (None, *shapes['z']))
-  x_spec = spec('x', (None, *shapes['x_encoder']))
-  x_d_spec = spec('x', (None, *shapes['x_discriminator']))
 
   def generate_checked(z):
     return generate(module.generator_variables, check_batch(z, 'generate', 'z', shapes['z']))
@@ -167,21 +170,42 @@ def build_module(networks: networks_lib.Networks) -> tf.Module:
 
   def discriminate_checked(x, z):
     x = check_batch(x, 'discriminate', 'x', shapes['x_discriminator'])
-    z = check_batch(z, 'discriminate', 'z', shapes['z'], rows=tf.shape(x)[0])
+    z = check_batch(z, 'discriminate', 'z', shapes['z'], rows=_shape(x)[0])
     return discriminate(module.discriminator_variables, x, z)
 
   function = functools.partial(tf.function, autograph=False)
-  module.generate = function(generate_checked, input_signature=[z_spec])
-  seed_spec = spec('seed', None, tf.int32)  # A scalar; see check_scalar.
-  module.encode_with_seed = function(encode_with_seed, input_signature=[x_spec, seed_spec])
+  x, z, seed = _any_shape('x'), _any_shape('z'), _any_shape('seed', tf.int32)
+  module.generate = function(generate_checked, input_signature=[z])
+  module.encode_with_seed = function(encode_with_seed, input_signature=[x, seed])
   module.encode = function(encode_fresh)
-  module.discriminate = function(discriminate_checked, input_signature=[x_d_spec, z_spec])
-  module.default = function(lambda x: {'default': module.encode(x)['z_sample']},
-                            input_signature=[x_spec])
-  module.__call__ = function(lambda x: module.encode(x)['z_sample'], input_signature=[x_spec])
-  module.encode.get_concrete_function(x_spec)
-  module.encode.get_concrete_function(x_spec, seed_spec)
+  module.encode.get_concrete_function(x)
+  module.encode.get_concrete_function(x, seed)
+  module.discriminate = function(discriminate_checked, input_signature=[x, z])
+  module.__call__ = function(lambda x: module.encode(x)['z_sample'], input_signature=[x])
   return module
+
+
+def _any_shape(name: str, dtype=tf.float32) -> tf.TensorSpec:
+  return tf.TensorSpec(None, dtype, name=name)
+
+
+def signatures(module: tf.Module, config) -> dict[str, tf.types.experimental.ConcreteFunction]:
+  """The signatures, with the official module's declared shapes, calling the module's functions.
+  `seed` is declared of any shape: TensorFlow would fold a check of a declared scalar away."""
+  shapes = networks_lib.input_shapes(config)
+  z, seed = tf.TensorSpec((None, *shapes['z'])), _any_shape('seed', tf.int32)
+  x, x_d = (tf.TensorSpec((None, *shapes[k])) for k in ('x_encoder', 'x_discriminator'))
+  concrete = lambda fn, *specs: tf.function(
+      fn, input_signature=list(specs), autograph=False).get_concrete_function()
+  encode = concrete(lambda x: module.encode(x), x)  # pylint: disable=unnecessary-lambda
+  return {
+      'generate': concrete(lambda z: module.generate(z), z),  # pylint: disable=unnecessary-lambda
+      'encode': encode,
+      'encode_with_seed': concrete(lambda x, seed: module.encode_with_seed(x, seed), x, seed),
+      'discriminate': concrete(lambda x, z: module.discriminate(x, z), x_d, z),
+      'default': concrete(lambda x: {'default': module.encode(x)['z_sample']}, x),
+      'serving_default': encode,
+  }
 
 
 def _untag(out_dir: str) -> None:
@@ -200,20 +224,10 @@ def write(networks: networks_lib.Networks, out_dir: str) -> None:
   """Writes the SavedModel, config.json and README.txt into `out_dir` (an empty directory)."""
   with _portable_locations():
     module = build_module(networks)
-    encode = module.encode.get_concrete_function(
-        tf.TensorSpec((None, *networks_lib.input_shapes(networks.config)['x_encoder']),
-                      tf.float32, name='x'))
-    signatures = {
-        'generate': module.generate.get_concrete_function(),
-        'encode': encode,
-        'encode_with_seed': module.encode_with_seed.get_concrete_function(),
-        'discriminate': module.discriminate.get_concrete_function(),
-        'default': module.default.get_concrete_function(),
-        'serving_default': encode,
-    }
-    tf.saved_model.save(module, out_dir, signatures=signatures)
+    named = signatures(module, networks.config)
+    tf.saved_model.save(module, out_dir, signatures=named)
   _untag(out_dir)
-  feature_dim = encode.structured_outputs['avepool_feat'].shape[-1]
+  feature_dim = named['encode'].structured_outputs['avepool_feat'].shape[-1]
   with open(os.path.join(out_dir, 'README.txt'), 'w') as f:
     f.write(readme(networks, feature_dim))
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:

@@ -85,17 +85,23 @@ def check_reference(module, reference) -> dict:
 
 
 def check_bad_inputs(module, bad, forbidden) -> None:
-  """Each bad call fails with its one sentence, before the networks run."""
+  """Each bad call fails with its one sentence, before the networks run: through the signature
+  and through the tf.function (or the callable root) that does the same."""
+  functions = {'generate': module.generate, 'encode': module.encode, 'default': module,
+               'serving_default': module.encode, 'encode_with_seed': module.encode,
+               'discriminate': module.discriminate}
   for signature, inputs, sentence in bad:
     args = {k: tf.zeros(shape, dtype) for k, (shape, dtype) in inputs.items()}
-    try:
-      module.signatures[signature](**args)
-    except tf.errors.InvalidArgumentError as e:
-      text = str(e)
-      if sentence not in text or any(f in text for f in forbidden):
-        sys.exit(f'{signature}{inputs}: error {text!r}; want {sentence!r} and no machine path')
-    else:
-      sys.exit(f'{signature}{inputs}: no error; want {sentence!r}')
+    for name, fn in ((signature, module.signatures[signature]),
+                     (f'{signature} tf.function', functions[signature])):
+      try:
+        fn(**args)
+      except tf.errors.InvalidArgumentError as e:
+        text = str(e)
+        if sentence not in text or any(f in text for f in forbidden):
+          sys.exit(f'{name}{inputs}: error {text!r}; want {sentence!r} and no machine path')
+      else:
+        sys.exit(f'{name}{inputs}: no error; want {sentence!r}')
 
 
 def official_usage_tf(path: str, x, z, x_d, want) -> None:
