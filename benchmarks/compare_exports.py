@@ -30,7 +30,7 @@ def main(export_dir: str = '/tmp/bigbigan_export_bench') -> None:
   x = rng.uniform(-1, 1, (16, size, size, 3)).astype(np.float32)
   inputs = {'x': x, 'noise': np.zeros((16, z_dim), np.float32)}
 
-  want = module.signatures['encode'](x=x, seed=tf.constant(0))
+  want = module.signatures['encode_with_seed'](x=x, seed=tf.constant(0))
   t = time.perf_counter()
   got = encoder.run(None, inputs)
   first = time.perf_counter() - t

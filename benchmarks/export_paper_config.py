@@ -48,7 +48,7 @@ def _encode_throughput(saved_model_dir: str, config) -> str:
   e, c = config.encoder.resolution, config.data.num_channels
   x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (FLAGS.encode_batch, e, e, c)),
                   tf.float32)
-  encode = module.signatures['encode']
+  encode = module.signatures['encode_with_seed']
   t = time.perf_counter()
   encode(x=x, seed=tf.constant(0))['z_mean'].numpy()
   first_s = time.perf_counter() - t
