@@ -32,7 +32,7 @@ class Settings:
   """What a trained classifier depends on; the cache file is named after them."""
   conv_widths: tuple[int, ...] = (16, 32)
   hidden: int = 128  # The feature dimension.
-  epochs: int = 3
+  epochs: int = 4
   batch_size: int = 128
   learning_rate: float = 2e-3
   seed: int = 0

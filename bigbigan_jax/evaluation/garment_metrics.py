@@ -153,16 +153,19 @@ def _split(config, name: str, batch_size: int, num_examples: int = 0):
 
 
 def run_metrics(workdir, *, step: Optional[int] = None, num_samples: int = 10_000,
-                cache_dir: Optional[str] = None,
+                num_test_examples: int = 0, cache_dir: Optional[str] = None,
                 classifier_settings: garment_classifier.Settings = garment_classifier.Settings()
                 ) -> tuple[int, dict[str, float]]:
   """(step, flat float metrics) of a Fashion-MNIST run's checkpoint (default the newest), with
-  `num_samples` G samples and as many train images for the baseline.
+  `num_samples` G samples and as many train images for the baseline, against the first
+  `num_test_examples` (0: all) test images.
 
   The classifier is cached in `cache_dir`, default the run's in-memory data cache folder.
   """
   if num_samples < 2:
     raise UsageError(f'--num_samples={num_samples} must be at least 2.')
+  if num_test_examples == 1 or num_test_examples < 0:
+    raise UsageError(f'--num_test_examples={num_test_examples} must be 0 (all) or at least 2.')
   if not os.path.isdir(os.fspath(workdir)) and '://' not in os.fspath(workdir):
     raise UsageError(f'--workdir={workdir} does not exist; point it at a training run.')
   workdir = run_dir.path(os.fspath(workdir))
@@ -178,7 +181,7 @@ def run_metrics(workdir, *, step: Optional[int] = None, num_samples: int = 10_00
   batch_size = config.eval.batch_size
   d_view = jax.jit(lambda x: image_views.views(x, config.model.resolution)[1])
 
-  test_images, test_labels = _split(config, SPLIT, batch_size)
+  test_images, test_labels = _split(config, SPLIT, batch_size, num_test_examples)
   train_images = _split(config, config.data.train_split, batch_size, num_examples=num_samples)[0]
   test_features = batched(lambda x: classifier.features(d_view(x)), test_images, batch_size)
   train_features = batched(lambda x: classifier.features(d_view(x)), train_images, batch_size)
@@ -244,7 +247,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   try:
-    path, metrics = evaluate_run(FLAGS.workdir, step=FLAGS.step, num_samples=FLAGS.num_samples)
+    path, metrics = evaluate_run(FLAGS.workdir, step=FLAGS.step, num_samples=FLAGS.num_samples,
+                                 num_test_examples=FLAGS.num_test_examples)
   except (UsageError, config_checks.ConfigError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   print(json.dumps(metrics, indent=2, sort_keys=True))
@@ -257,5 +261,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default the newest.')
   flags.DEFINE_integer('num_samples', 10_000, 'G samples (and train images for the baseline) '
                        'compared with the test split.')
+  flags.DEFINE_integer('num_test_examples', 0, 'Test images compared (the first ones); 0: all.')
   flags.mark_flags_as_required(['workdir'])
   app.run(main)
