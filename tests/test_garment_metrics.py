@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from bigbigan_jax import default_config, run_dir, train_step
 from bigbigan_jax.datasets import idx_files
 from bigbigan_jax.evaluation import garment_classifier, garment_metrics
 
@@ -144,7 +147,6 @@ def test_classifier_rejects_other_shapes():
 
 
 def test_run_metrics_errors_are_one_sentence(tmp_path):
-  from bigbigan_jax import default_config, run_dir  # pylint: disable=g-import-not-at-top
   with pytest.raises(garment_metrics.UsageError, match='does not exist'):
     garment_metrics.run_metrics(tmp_path / 'missing')
   run_dir.save_config(run_dir.path(str(tmp_path)), default_config.tiny_config())
@@ -164,9 +166,6 @@ def test_command_prints_one_line_for_a_missing_run(tmp_path):
 
 @needs_fashion_mnist
 def test_run_metrics_of_a_fashion_mnist_checkpoint(tmp_path, tiny_classifier):
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from bigbigan_jax import default_config, run_dir, train_step  # pylint: disable=g-import-not-at-top
   config = default_config.tiny_config(data__dataset='fashion_mnist_local', data__in_memory=True,
                                       data__num_channels=1, data__eval_split='test',
                                       data__cache_dir=str(tmp_path / 'data'),
