@@ -115,9 +115,7 @@ def abstract_state(config: ml_collections.ConfigDict, mesh) -> Any:
 
 def initial_state(config: ml_collections.ConfigDict, mesh) -> train_step.TrainState:
   """The state at step 0 (seeded by config.seed), replicated over `mesh`."""
-  init = jax.jit(lambda key: train_step.init_state(config, key),
-                 out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
-  return init(jax.random.PRNGKey(config.seed))
+  return train_step.make_initial_state(config, mesh)(jax.random.PRNGKey(config.seed))
 
 
 def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_step.TrainState:

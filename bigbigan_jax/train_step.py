@@ -11,6 +11,7 @@ state and spectral vectors; the E/G update only those of E and G (and E's BatchN
 and G's EMA). The other networks run in training mode (batch statistics) but keep their state.
 """
 
+import copy
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -231,9 +232,48 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
   return StepFunctions(step_fn, single_d_update, single_eg_update)
 
 
+# The config fields the step reads; the step is built from these alone.
+STEP_SETTINGS = ('model', 'encoder', 'optim', 'loss', 'batch_size', 'dtype', 'float32_residuals',
+                 'data.num_channels')
+_STEPS: dict[tuple[Any, ...], Callable] = {}  # Jitted steps and inits, traced once per process.
+
+
+def step_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` holding only STEP_SETTINGS: any other field read raises."""
+  out = ml_collections.ConfigDict()
+  for path in STEP_SETTINGS:
+    *parents, leaf = path.split('.')
+    source, target = config, out
+    for name in parents:
+      source = source[name]
+      if name not in target:
+        target[name] = ml_collections.ConfigDict()
+      target = target[name]
+    target[leaf] = copy.deepcopy(source[leaf])
+  return out
+
+
+def make_initial_state(config: ml_collections.ConfigDict, mesh) -> Callable[[jax.Array], TrainState]:
+  """init_state jitted, replicated over `mesh`: rng -> state; one per step settings and mesh."""
+  settings = step_settings(config)
+  key = ('init', settings.to_json(sort_keys=True), mesh)
+  if key not in _STEPS:
+    _STEPS[key] = jax.jit(functools.partial(init_state, settings),
+                          out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED))
+  return _STEPS[key]
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh) -> Callable:
-  """The compiled step over `mesh`: replicated state (donated) and a batch sharded on `batch`."""
-  step_fn = make_step_functions(config, mesh.size).step
-  return parallel.shard_map_jit(
-      step_fn, mesh, in_specs=(parallel.REPLICATED, parallel.STEP_BATCH),
-      out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=0)
+  """The jitted step over `mesh`: replicated state (donated) and a batch sharded on `batch`.
+
+  One per step settings and mesh in a process, so that a second run there (a resumed or
+  restarted run, a test) reuses the traced and compiled step instead of tracing it again.
+  """
+  settings = step_settings(config)
+  key = ('step', settings.to_json(sort_keys=True), mesh)
+  if key not in _STEPS:
+    _STEPS[key] = parallel.shard_map_jit(
+        make_step_functions(settings, mesh.size).step, mesh,
+        in_specs=(parallel.REPLICATED, parallel.STEP_BATCH),
+        out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=0)
+  return _STEPS[key]
