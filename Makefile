@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 
 # The suite runs on up to 4 cores (pytest-xdist); the 20 slowest tests are listed at the end.
 test: $(VENV)/.installed
-	$(VENV)/bin/pytest -q -n auto --maxprocesses=4 --dist worksteal --durations=20 tests
+	$(VENV)/bin/pytest -q -n auto --maxprocesses=4 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 clean:
 	rm -rf $(VENV) .jax_cache *.egg-info
