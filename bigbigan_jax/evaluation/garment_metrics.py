@@ -24,11 +24,13 @@ import json
 import math
 import os
 import sys
+import warnings
 from typing import Callable, Optional
 
 import jax
 import ml_collections
 import numpy as np
+import scipy.linalg
 from absl import app, flags, logging
 from etils import epath
 
@@ -53,7 +55,10 @@ class UsageError(Exception):
 
 def frechet_distance(features1: np.ndarray, features2: np.ndarray) -> float:
   """Frechet distance between Gaussians fitted to two feature sets [N, D]."""
-  return frechet.frechet_distance(*frechet.statistics(features1), *frechet.statistics(features2))
+  with warnings.catch_warnings():  # Units a set never activates make its covariance singular.
+    warnings.simplefilter('ignore', scipy.linalg.LinAlgWarning)
+    return frechet.frechet_distance(*frechet.statistics(features1),
+                                    *frechet.statistics(features2))
 
 
 def polynomial_mmd2(features1: np.ndarray, features2: np.ndarray) -> float:
