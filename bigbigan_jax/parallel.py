@@ -24,7 +24,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 
   Each setting comes from its argument, else from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES
   or $JAX_PROCESS_ID, else from the cluster JAX detects (Cloud TPU VM, or SLURM or Open MPI
-  with more than one task). Without a cluster, an address needs the other two and vice versa.
+  with more than one task). $JAX_INITIALIZATION_TIMEOUT (s, default 300) bounds the wait for
+  the other processes. Without a cluster, an address needs the other two and vice versa.
   Must run before anything touches a device.
   """
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or None
@@ -44,7 +45,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
         f'$JAX_PROCESS_ID); got {_describe(given)}.')
   _check_settings(*given)
   if not jax.distributed.is_initialized():
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               initialization_timeout=_int_from_env('JAX_INITIALIZATION_TIMEOUT')
+                               or 300)
   return cluster or f'coordinator {coordinator_address}'
 
 

@@ -262,6 +262,20 @@ def test_worker_service_runs_main_with_the_exact_flags(stubs, tmp_path):
       ['-m', 'bigbigan_jax.main', *TRAIN_FLAGS]]
 
 
+@pytest.mark.parametrize('code, decision', [(0, 'stop'), (130, 'stop'), (75, 'restart'),
+                                            (1, 'restart'), (137, 'restart')])
+def test_worker_service_restarts_on_every_exit_but_finished_and_user_stop(code, decision):
+  """Exit codes from training_command: 0 finished, 130 user stop, 75 saved after SIGTERM."""
+  worker = ['bash', str(LAUNCH / 'tpu_worker.sh')]
+  result = subprocess.run([*worker, 'restarts', str(code)], capture_output=True, text=True,
+                          timeout=30, check=True)
+  assert result.stdout == f'{decision}\n'
+  unit = subprocess.run([*worker, 'unit'], capture_output=True, text=True, timeout=30,
+                        check=True, env={**os.environ, 'USER': 'trainer'}).stdout.splitlines()
+  assert 'Restart=always' in unit and 'RestartPreventExitStatus=0 130' in unit
+  assert 'Environment=JAX_INITIALIZATION_TIMEOUT=1800' in unit
+
+
 def _srun(tmp_path, exit_code, *args, **settings):
   stubs = tmp_path / 'bin'
   stubs.mkdir(exist_ok=True)
@@ -300,6 +314,15 @@ def test_slurm_script_restarts_a_failing_step_on_a_new_port_then_gives_up(tmp_pa
   assert 'training failed (exit 3) after 2 restarts' in result.stderr
   # Three attempts, each on its own port of the ephemeral range [61440, 65535].
   assert ports.read_text().split() == ['65535', '61440', '61441']
+
+
+@pytest.mark.parametrize('code', [75, 130])
+def test_slurm_script_requeues_after_a_preemption_save_and_ends_on_a_user_stop(tmp_path, code):
+  (tmp_path / 'bin').mkdir()
+  _stub(tmp_path / 'bin', 'scontrol')
+  result, calls = _srun(tmp_path, code)
+  assert result.returncode == code and len(calls) == 1
+  assert _calls(tmp_path / 'bin', 'scontrol') == ([['requeue', '4242']] if code == 75 else [])
 
 
 def test_slurm_script_needs_a_workdir(tmp_path):
