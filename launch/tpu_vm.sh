@@ -13,7 +13,9 @@
 # Every command needs TPU_NAME and ZONE; `create` also ACCELERATOR (v4-64, v5litepod-16,
 # v5p-64, v6e-16, ...), `train` also WORKDIR and TFDS_DATA_DIR (both on GCS, gs://...),
 # `watch` all of these. Optional: RUNTIME (default per TPU generation), SPOT=1, QUEUED=1,
-# CONFIG (default configs/imagenet128.py), WORKER (for logs), WATCH_INTERVAL (seconds, 300).
+# AUTOCHECKPOINT=1 (gcloud alpha's --autocheckpoint-enabled: SIGTERM before a maintenance
+# event, so the run saves; not with QUEUED=1), CONFIG (default configs/imagenet128.py), WORKER
+# (for logs), WATCH_INTERVAL (seconds between polls and retries, 300).
 # --dry-run or DRY_RUN=1 prints every command instead of running it. Flags after `train` or
 # `watch` reach main.py unchanged, whatever they contain.
 set -euo pipefail
@@ -93,11 +95,18 @@ create() {
   local runtime=${RUNTIME:-$(default_runtime)}
   local spot=()
   [[ ${SPOT:-0} == 1 ]] && spot=(--spot)
+  if [[ ${QUEUED:-0} == 1 && ${AUTOCHECKPOINT:-0} == 1 ]]; then
+    echo "error: AUTOCHECKPOINT=1 needs a plain slice (QUEUED=0)." >&2
+    exit 2
+  fi
   if [[ ${QUEUED:-0} == 1 ]]; then
     run gcloud compute tpus queued-resources create "$TPU_NAME" --zone="$ZONE" \
       --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR" --runtime-version="$runtime" \
       "${spot[@]}"
     wait_until_active
+  elif [[ ${AUTOCHECKPOINT:-0} == 1 ]]; then
+    run gcloud alpha compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
+      --accelerator-type="$ACCELERATOR" --version="$runtime" "${spot[@]}" --autocheckpoint-enabled
   else
     run gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
       --accelerator-type="$ACCELERATOR" --version="$runtime" "${spot[@]}"
@@ -140,8 +149,9 @@ delete_slice() {
 }
 
 # A spot slice or queued resource that was preempted does not come back: watch polls its state
-# and, once it is preempted, runs delete, create, setup and train (each a fresh run of this
-# script, so that a failure stops only that round; the next poll tries again).
+# and, once it is preempted (or NOT_FOUND), runs delete, create, setup and train, each a fresh
+# run of this script. A failed stage is retried after WATCH_INTERVAL (a failed create after a
+# delete) until train has started; then polling resumes.
 watch() {
   need ACCELERATOR v4-64
   need WORKDIR gs://bucket/bigbigan/run1
@@ -160,20 +170,31 @@ watch() {
     train "$@"
     return
   fi
-  local state
+  local state todo=() stage
   while true; do
-    state=$("${describe[@]}" 2>/dev/null) || state=unknown
-    case $state in
-      PREEMPTED|TERMINATED|SUSPENDED|FAILED)
-        echo "$(date -u +%FT%TZ) $TPU_NAME is $state: recreating it" >&2
+    if ((${#todo[@]} == 0)); then
+      state=$("${describe[@]}" 2>&1) || { [[ $state == *NOT_FOUND* ]] && state=NOT_FOUND; } ||
+        state=unknown
+      case $state in
+        PREEMPTED|TERMINATED|SUSPENDED|FAILED|NOT_FOUND)
+          echo "$(date -u +%FT%TZ) $TPU_NAME is $state: recreating it" >&2
+          todo=(delete create setup train) ;;
+      esac
+    fi
+    while ((${#todo[@]})); do
+      stage=${todo[0]}
+      if [[ $stage == delete ]]; then
         bash "$0" delete || true
-        if bash "$0" create && bash "$0" setup && bash "$0" train "$@"; then
-          echo "$(date -u +%FT%TZ) $TPU_NAME: training again" >&2
-        else
-          echo "$(date -u +%FT%TZ) $TPU_NAME: recreating failed; retrying at the next poll" >&2
-        fi
-        ;;
-    esac
+      elif ! bash "$0" "$stage" "$@"; then
+        echo "$(date -u +%FT%TZ) $TPU_NAME: $stage failed; retrying" >&2
+        [[ $stage == create ]] && todo=(delete "${todo[@]}")
+        break
+      fi
+      todo=("${todo[@]:1}")
+      if [[ $stage == train ]]; then
+        echo "$(date -u +%FT%TZ) $TPU_NAME: training again" >&2
+      fi
+    done
     sleep "${WATCH_INTERVAL:-300}"
   done
 }

@@ -209,6 +209,50 @@ def test_watch_recreates_a_preempted_slice_and_trains_again(stubs):
   assert shlex.split(train[-1].removeprefix('--command='))[3:] == TRAIN_FLAGS
 
 
+def test_watch_keeps_trying_until_train_has_started(stubs):
+  """describe says NOT_FOUND, create fails once and setup's copy (scp) once: each is retried
+  (a failed create after a delete) until train has started; then only polls."""
+  (stubs / 'gcloud').write_text(
+      f'#!{sys.executable}\nimport json, pathlib, sys\n'
+      f'open({str(stubs / "gcloud.log")!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")\n'
+      f'done = pathlib.Path({str(stubs)!r}) / ("done_" + sys.argv[4])\n'
+      'first = not done.exists()\n'
+      'done.touch()\n'
+      'if sys.argv[4] == "describe":\n'
+      '  if first:\n'
+      '    sys.exit("ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: bb")\n'
+      '  print("READY")\n'
+      'if sys.argv[4] in ("create", "scp") and first:\n'
+      '  sys.exit("ERROR: failed")\n')
+  env = {**os.environ, **SETTINGS, 'TMPDIR': str(stubs.parent), 'WATCH_INTERVAL': '0.1',
+         'PATH': f'{stubs}{os.pathsep}{os.environ["PATH"]}'}
+  watcher = subprocess.Popen(['bash', str(TPU_VM), 'watch', *AWKWARD], env=env,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(
+        'describe' in argv for argv in _calls(stubs, 'gcloud')) < 3:
+      time.sleep(0.1)
+  finally:
+    os.killpg(watcher.pid, signal.SIGTERM)
+    stderr = watcher.communicate(timeout=30)[1]
+  calls = [argv[3] for argv in _calls(stubs, 'gcloud')]
+  assert calls[:10] == ['describe', 'delete', 'create', 'delete', 'create', 'scp', 'scp', 'ssh',
+                        'ssh', 'describe'], stderr
+  assert set(calls[10:]) == {'describe'}
+  assert 'bb is NOT_FOUND: recreating it' in stderr and 'bb: create failed; retrying' in stderr
+  assert 'bb: setup failed; retrying' in stderr and stderr.count('bb: training again') == 1
+
+
+def test_autocheckpoint_creates_with_gcloud_alpha(stubs):
+  result = _launch(stubs, '--dry-run', 'create', AUTOCHECKPOINT='1')
+  assert shlex.split(result.stdout) == [
+      'gcloud', 'alpha', 'compute', 'tpus', 'tpu-vm', 'create', 'bb', '--zone=us-east5-b',
+      '--accelerator-type=v6e-16', '--version=v2-alpha-tpuv6e', '--autocheckpoint-enabled']
+  result = _launch(stubs, '--dry-run', 'create', AUTOCHECKPOINT='1', QUEUED='1')
+  assert result.returncode == 2 and 'AUTOCHECKPOINT=1 needs a plain slice' in result.stderr
+
+
 @pytest.mark.parametrize('command, needed', [
     ('create', {'TPU_NAME', 'ZONE', 'ACCELERATOR'}),
     ('setup', {'TPU_NAME', 'ZONE'}),
