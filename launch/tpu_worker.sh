@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on each TPU VM worker, called by launch/tpu_vm.sh through `gcloud ... ssh`.
 #
-#   tpu_worker.sh install PYTHON_VERSION   # uv, a uv-managed Python and the package in a venv
+#   tpu_worker.sh install PYTHON_VERSION   # uv, a uv-managed Python and the package in a venv,
+#                                          # at launch/constraints.txt's versions
 #   tpu_worker.sh start MAIN_FLAGS...      # (re)start main.py as the systemd service below
 #   tpu_worker.sh stop                     # SIGTERM (checkpoint, exit 75); no restart, not at boot
 #   tpu_worker.sh status                   # the service's state, restarts and last log lines
@@ -27,7 +28,8 @@ install() {
   if [[ ! -x $VENV/bin/python ]]; then
     "$uv" venv --quiet --python "$1" "$VENV"
   fi
-  "$uv" pip install --quiet --python "$VENV/bin/python" -e "${CODE}[tpu]"
+  "$uv" pip install --quiet --python "$VENV/bin/python" -c "$CODE/launch/constraints.txt" \
+    -e "${CODE}[tpu]"
 }
 
 unit() {

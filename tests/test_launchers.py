@@ -4,6 +4,8 @@ through every shell on the way to main.py, required variables, and shellcheck.""
 import json
 import os
 import pathlib
+import re
+import runpy
 import shlex
 import shutil
 import signal
@@ -13,6 +15,7 @@ import sys
 import time
 
 import pytest
+import setuptools
 
 LAUNCH = pathlib.Path(__file__).resolve().parent.parent / 'launch'
 TPU_VM = LAUNCH / 'tpu_vm.sh'
@@ -373,6 +376,22 @@ def test_slurm_script_needs_a_workdir(tmp_path):
   result, calls = _srun(tmp_path, 0, WORKDIR=None)
   assert result.returncode != 0 and 'set WORKDIR' in result.stderr
   assert calls == []
+
+
+def test_constraints_pin_every_package_setup_requires(monkeypatch):
+  """launch/constraints.txt, which the launchers install from, pins every requirement of
+  setup.py (extras included) at one version."""
+  setup_args = {}
+  monkeypatch.setattr(setuptools, 'setup', setup_args.update)
+  runpy.run_path(str(LAUNCH.parent / 'setup.py'))
+  requirements = setup_args['install_requires'] + sum(setup_args['extras_require'].values(), [])
+  normal = lambda name: re.sub(r'[-_.]+', '-', name).lower()
+  required = {normal(re.match(r'[A-Za-z0-9_.-]+', r).group()) for r in requirements}
+  lines = [line.split('==') for line in (LAUNCH / 'constraints.txt').read_text().splitlines()
+           if line.strip() and not line.startswith('#')]
+  pins = {normal(name): version for name, version in lines}
+  assert required <= set(pins), sorted(required - set(pins))
+  assert pins['jaxlib'] == pins['jax']
 
 
 def test_scripts_parse_and_pass_shellcheck():
