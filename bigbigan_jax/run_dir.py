@@ -9,11 +9,13 @@ trained with; loading it fills in settings added since at their defaults.
 
 import json
 import os
+import time
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -127,36 +129,74 @@ def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_st
 UNREADABLE_CHECKPOINT = Exception
 
 
+RESTORE_ATTEMPTS = 3  # A transient read error (GCS, NFS) passes within a few tries.
+RETRY_SECONDS = 2.0
+# Orbax's own checks of a checkpoint's files: no retry.
+DAMAGED_CHECKPOINT = (FileNotFoundError, KeyError, ValueError)
+
+
 def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.TrainState:
   """The newest checkpoint that restores, or the initial state when there is none.
 
-  Newer checkpoints that fail to restore are renamed `<step>.unreadable` (so that training can
-  save that step again) with a warning; nothing is deleted.
+  Every process tries each step (RESTORE_ATTEMPTS times) and the outcomes are combined: a
+  checkpoint that no process can read is renamed `<step>.unreadable` (so that training can save
+  that step again) with a warning, nothing is deleted; one that some processes read and others
+  not stops the run with one sentence. Every process takes the same decisions.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return initial_state(config, mesh)
   problems = []
   for step in steps:
+    state, problem = _try_restore(manager, step, config, mesh)
+    readable = _per_process(problem is None)
+    if all(readable):
+      _set_aside(manager, [bad for bad, _ in problems])
+      return state
+    if any(readable):
+      failed = [i for i, ok in enumerate(readable) if not ok]
+      raise TrainingStopped(
+          f'Checkpoint {step} in {manager.directory} restores on some processes but not on '
+          f'process{"es" if len(failed) > 1 else ""} {", ".join(map(str, failed))}'
+          f'{f" ({problem})" if problem else ""}: check that every host reads the same '
+          f'storage, then rerun.')
+    problems.append((step, problem))
+    logging.warning('Checkpoint %d in %s cannot be restored by any process (%s); trying the '
+                    'one before.', step, manager.directory, problem)
+  raise TrainingStopped(
+      f'No checkpoint in {manager.directory} restores (step {problems[0][0]}: '
+      f'{problems[0][1]}); nothing was deleted: restore a copy of the run or start a new '
+      f'--workdir.')
+
+
+def _try_restore(manager, step: int, config, mesh):
+  """(state, None) or (None, the last error's first line) after RESTORE_ATTEMPTS tries."""
+  problem = None
+  for attempt in range(RESTORE_ATTEMPTS):
+    if attempt:
+      time.sleep(RETRY_SECONDS * attempt)
     logging.info('Restoring checkpoint at step %d from %s.', step, manager.directory)
     # A reader of its own per attempt: a failed restore leaves a manager's item layout wrong.
     reader = ocp.CheckpointManager(manager.directory,
                                    options=ocp.CheckpointManagerOptions(read_only=True))
     try:
-      state = restore(reader, step, config, mesh)
+      return restore(reader, step, config, mesh), None
     except UNREADABLE_CHECKPOINT as e:
-      problems.append((step, _first_line(e)))
-      logging.warning('Checkpoint %d in %s cannot be restored (%s: %s); trying the one before.',
-                      step, manager.directory, type(e).__name__, _first_line(e))
-      continue
+      problem = f'{type(e).__name__}: {_first_line(e)}'
+      logging.warning('Restoring checkpoint %d failed (attempt %d of %d): %s', step, attempt + 1,
+                      RESTORE_ATTEMPTS, problem)
+      if isinstance(e, DAMAGED_CHECKPOINT):
+        break
     finally:
       reader.close()
-    _set_aside(manager, [bad for bad, _ in problems])
-    return state
-  raise TrainingStopped(
-      f'No checkpoint in {manager.directory} restores (step {problems[0][0]}: '
-      f'{problems[0][1]}); nothing was deleted: restore a copy of the run or start a new '
-      f'--workdir.')
+  return None, problem
+
+
+def _per_process(ok: bool) -> list[bool]:
+  """Every process's `ok`, in process order, on every process."""
+  if jax.process_count() == 1:
+    return [ok]
+  return [bool(x) for x in multihost_utils.process_allgather(np.asarray(ok, np.int32))]
 
 
 def _first_line(error: BaseException) -> str:

@@ -65,6 +65,40 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_restored(ru
   assert run_dir.checkpoint_steps(workdir) == [2]
 
 
+def test_a_transient_read_error_is_retried_and_the_newest_checkpoint_kept(run_copy, monkeypatch):
+  workdir, config = run_copy
+  restore, calls = run_dir.restore, []
+
+  def fails_once(*args, **kwargs):
+    calls.append(args[1])
+    if len(calls) == 1:
+      raise OSError('Connection reset by peer')
+    return restore(*args, **kwargs)
+
+  monkeypatch.setattr(run_dir, 'restore', fails_once)
+  monkeypatch.setattr(run_dir, 'RETRY_SECONDS', 0.0)
+  manager = run_dir.checkpoint_manager(workdir, config)
+  try:
+    assert int(run_dir.restore_or_init(config, parallel.make_mesh(), manager).step) == 4
+  finally:
+    manager.close()
+  assert calls == [4, 4] and run_dir.checkpoint_steps(workdir) == [2, 4]
+
+
+def test_a_checkpoint_only_some_processes_read_stops_with_one_sentence(run_copy, monkeypatch):
+  workdir, config = run_copy
+  monkeypatch.setattr(run_dir, '_per_process', lambda ok: [ok, False])
+  manager = run_dir.checkpoint_manager(workdir, config)
+  try:
+    with pytest.raises(run_dir.TrainingStopped, match=re.escape(
+        f'Checkpoint 4 in {workdir}/checkpoints restores on some processes but not on process '
+        '1: check that every host reads the same storage, then rerun.')):
+      run_dir.restore_or_init(config, parallel.make_mesh(), manager)
+  finally:
+    manager.close()
+  assert run_dir.checkpoint_steps(workdir) == [2, 4]
+
+
 def test_no_restorable_checkpoint_stops_and_renames_nothing(run_copy):
   workdir, config = run_copy
   for step in (2, 4):
