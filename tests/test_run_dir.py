@@ -1,8 +1,11 @@
 """A run's directory on its own: config.json, restoring with fallback and set-aside, and the
 checkpoint saver's refusals (what the training program then prints is in test_reliability)."""
 
+import errno
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 
@@ -13,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bigbigan_jax import default_config, parallel, run_dir
+from bigbigan_jax.datasets import sources
 from test_reliability import _remove_default_item
 
 
@@ -173,3 +177,14 @@ def test_the_initial_state_is_seeded_and_matches_the_abstract_state():
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   assert shapes(state) == shapes(abstract)
   jax.tree.map(np.testing.assert_array_equal, state, run_dir.initial_state(config, mesh))
+
+
+@pytest.mark.parametrize('code', [errno.ENOSYS, errno.EOPNOTSUPP])
+def test_data_preparation_goes_on_where_the_file_system_has_no_locks(tmp_path, monkeypatch, code):
+  """Lustre mounted without flock raises ENOSYS: prepare without the lock (process 0 first)."""
+  def no_locks(*args):
+    raise OSError(code, os.strerror(code))
+
+  monkeypatch.setattr(fcntl, 'flock', no_locks)
+  with sources._file_lock(tmp_path):
+    pass

@@ -2,12 +2,14 @@
 once when several processes (of one run, or independent runs) share a data_dir."""
 
 import contextlib
+import errno
 import fcntl
 import os
 from typing import Callable, Iterator
 
 import jax
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -71,6 +73,9 @@ def _prepare_locked(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.D
   return builder
 
 
+_NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL)
+
+
 @contextlib.contextmanager
 def _file_lock(directory) -> Iterator[None]:
   """An exclusive lock on a local directory; nothing for remote ones (gs://)."""
@@ -80,7 +85,15 @@ def _file_lock(directory) -> Iterator[None]:
     return
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, '.bigbigan_prepare.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError as e:
+      if e.errno not in _NO_LOCKS:
+        raise
+      # Lustre without -o flock, some NFS: process 0 still prepares before the others.
+      logging.warning('%s has no file locks (%s); preparing the data without one.', directory, e)
+      yield
+      return
     try:
       yield
     finally:
