@@ -2,13 +2,13 @@
 
 A run is resumable: the run directory (run_dir) gives the newest checkpoint that restores, and
 the input pipeline continues with the batch it would have served next. SIGTERM (preemptible
-TPUs) and Ctrl-C save a checkpoint at the next step and stop. Nothing non-finite is ever saved:
+TPUs) and Ctrl-C, on any process and at any moment, make every process save a checkpoint at the
+same step (one or two steps later) and stop. Nothing non-finite is ever saved:
 a diverged run stops with the newest good checkpoint intact, and so does a run whose checkpoint
 save fails.
 """
 
 import itertools
-import os
 import signal
 import time
 from typing import Any, Optional
@@ -25,41 +25,106 @@ from bigbigan_jax import config_checks, data, image_views, parallel, run_dir, ru
 from bigbigan_jax.evaluation import grids
 
 
-class Interrupted(Exception):
+class Stopped(Exception):
+  """A stop request was honoured: the newest checkpoint is saved; `state` is the run's state."""
+
+  def __init__(self, message: str, state):
+    super().__init__(message)
+    self.state = state
+
+
+class Interrupted(Stopped):
   """Ctrl-C: the checkpoint is saved; main prints the message and exits with 130."""
 
 
-class _StopSignals:
-  """Records SIGTERM and the first Ctrl-C; the loop checkpoints and stops at the next step.
+class Preempted(Stopped):
+  """SIGTERM (a preempted host): the checkpoint is saved; main exits with EXIT_PREEMPTED."""
 
-  A second Ctrl-C interrupts at once. With several processes, SIGTERM is left to JAX's
-  preemption notifier, which makes every process agree on the step to save at (a per-process
-  flag would leave the others waiting at the save's barrier), and Ctrl-C is passed on to it.
+
+class StopRequests:
+  """SIGTERM and the first Ctrl-C, recorded from the moment `install` runs (program start).
+
+  A second Ctrl-C interrupts at once. Processes combine their requests (`Agreement`), so every
+  process stops after the same step. XLA's preemption notifier is not used: it misses a signal
+  that arrives before the first step of a resumed run.
   """
+  PREEMPTED, USER = 1, 2
 
-  def __init__(self, multi_process: bool):
-    self.multi_process = multi_process
-    self.received = None
-    signums = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
-    self.previous = {signum: signal.signal(signum, self) for signum in signums}
+  def __init__(self):
+    self.local = 0
+    self.previous = {}
+
+  def install(self) -> None:
+    """Takes SIGTERM and SIGINT; again after jax.distributed.initialize, which takes SIGTERM."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      if signum == signal.SIGINT and self.local == self.USER:
+        continue  # The next Ctrl-C interrupts at once.
+      previous = signal.signal(signum, self)
+      if previous is not self:
+        self.previous.setdefault(signum, previous)
 
   def __call__(self, signum, frame):
     del frame
-    self.received = signum
     if signum == signal.SIGINT:
+      self.local = self.USER
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      if self.multi_process:
-        os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      self.local = max(self.local, self.PREEMPTED)
 
-  def stop_at(self, step: int, manager: ocp.CheckpointManager) -> bool:
-    """Whether to checkpoint and stop after `step` (called at every step by every process)."""
-    if self.multi_process:
-      return manager.reached_preemption(step)
-    return self.received is not None or manager.reached_preemption(step)
-
-  def restore_handlers(self) -> None:
+  def uninstall(self) -> None:
     for signum, handler in self.previous.items():
       signal.signal(signum, handler)
+    self.previous = {}
+    self.local = 0
+
+
+STOP = StopRequests()
+
+
+class Agreement:
+  """The stop requests of all processes, combined by a small all-reduce each step.
+
+  `lagged()` dispatches the combination of this step's requests and returns the previous
+  step's, so every process reads the same value at the same step and the steps never wait on it.
+  """
+
+  def __init__(self, mesh):
+    self.multi = jax.process_count() > 1
+    self.pending = None
+    if self.multi:
+      self.size = mesh.size
+      self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.AXIS))
+      self.combine = jax.jit(jax.numpy.max, out_shardings=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
+
+  def _dispatch(self):
+    flags = np.full((self.size,), STOP.local, np.int32)
+    return self.combine(jax.make_array_from_callback((self.size,), self.sharding,
+                                                     lambda index: flags[index]))
+
+  def now(self) -> int:
+    """Blocks for every process's request (before the first step)."""
+    if not self.multi:
+      return STOP.local
+    return int(np.asarray(self._dispatch().addressable_data(0)))
+
+  def lagged(self) -> int:
+    if not self.multi:
+      return STOP.local
+    previous, self.pending = self.pending, self._dispatch()
+    return 0 if previous is None else int(np.asarray(previous.addressable_data(0)))
+
+
+def _stopped(kind: int, step: int, directory, state, saved: bool = True) -> Stopped:
+  where = f'the checkpoint is saved in {directory}'
+  if not saved:
+    where = (f'no step was trained, the newest checkpoint in {directory} is kept' if step else
+             'before the first step, nothing was saved')
+  if kind == StopRequests.USER:
+    return Interrupted(f'Interrupted at step {step}; {where}: rerun the same command to resume.',
+                       state)
+  return Preempted(f'Stopped at step {step} on a preemption signal; {where}: rerun the same '
+                   'command to resume.', state)
 
 
 def _mean_metrics(history: list[tuple[int, dict[str, jax.Array]]]) -> dict[str, float]:
@@ -78,7 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   `evaluate_fn(state, step, writer)`, if given, runs every `config.eval.every_steps`.
   Raises run_dir.TrainingStopped (divergence, failed save, no restorable checkpoint), Interrupted
-  (Ctrl-C, after saving) and ConfigError; config.json is written just before the first
+  (Ctrl-C) or Preempted (SIGTERM), every process after the same step and its save, and
+  ConfigError; config.json is written just before the first
   checkpoint trained with this config, so a failed or diverged attempt leaves it as it was.
   """
   workdir = run_dir.path(workdir)
@@ -86,10 +152,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_checks.validate(config, mesh.size, jax.process_count())
   run_dir.prepare_workdir(workdir)
   manager = run_dir.checkpoint_manager(workdir, config)
+  owner = not STOP.previous  # Else training_command installed it at program start.
+  STOP.install()
   try:
     return _train(config, workdir, mesh, manager, evaluate_fn)
   finally:
     run_dir.close_quietly(manager)
+    if owner:
+      STOP.uninstall()
 
 
 def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
@@ -122,11 +192,16 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
     writer.write_hparams({k: v for k, v in _flat(config).items()})
   history = []
   logging.info('Training from step %d to %d on %d devices.', start, config.num_train_steps, mesh.size)
-  stop = _StopSignals(multi_process=jax.process_count() > 1)
+  agreement = Agreement(mesh)
+  kind = agreement.now()
+  if kind:
+    writer.flush()
+    raise _stopped(kind, start, manager.directory, state, saved=False)
   try:
     for step in range(start + 1, config.num_train_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = step_fn(state, next(device_batches))
+      kind = agreement.lagged()
       history.append((step, metrics))
       progress(step)
       checkpoints.check_for_errors()
@@ -138,26 +213,21 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
           raise checkpoints.diverged(f'{bad} at step {bad_step}')
         writer.write_scalars(step, {**means, **learning_rates})
         history = []
-      if step % config.image_every_steps == 0 or last:
+      if (step % config.image_every_steps == 0 or last) and not kind:
         with progress.timed('grids'):
           draw_grids(state, step)
-      if evaluate_fn is not None and config.eval.every_steps and (
+      if evaluate_fn is not None and config.eval.every_steps and not kind and (
           step % config.eval.every_steps == 0 or last):
         with progress.timed('eval'):
           evaluate_fn(state, step, writer)
-      preempted = stop.stop_at(step, manager)
-      if step % config.checkpoint_every_steps == 0 or last or preempted:
+      if step % config.checkpoint_every_steps == 0 or last or kind:
         checkpoints.save(step, state)
-      if preempted:
+      if kind and not last:
         checkpoints.check_for_errors(wait=True)
-        if stop.received == signal.SIGINT:
-          raise Interrupted(f'Interrupted at step {step}; the checkpoint is saved in '
-                            f'{manager.directory}: rerun the same command to resume.')
-        logging.warning('Stopping at step %d on a preemption signal; checkpoint saved.', step)
-        break
+        logging.warning('Stopping at step %d on a stop request; checkpoint saved.', step)
+        raise _stopped(kind, step, manager.directory, state)
     checkpoints.check_for_errors(wait=True)
   finally:
-    stop.restore_handlers()
     writer.flush()
   return state
 

@@ -11,7 +11,8 @@ from absl import logging
 from bigbigan_jax import config_checks, parallel, run_dir, train
 from bigbigan_jax.evaluation import evaluator
 
-EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C.
+EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C: stopped by the user, do not restart.
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved after SIGTERM, please restart (launch/ uses this too).
 
 
 def run(config, workdir: Optional[str], cluster: tuple = (None, None, None)) -> None:
@@ -20,10 +21,19 @@ def run(config, workdir: Optional[str], cluster: tuple = (None, None, None)) -> 
   `cluster` is (coordinator address, process count, process id) of a multi-process run, each
   None to take it from the environment.
   """
+  train.STOP.install()
+  try:
+    _run(config, workdir, cluster)
+  finally:
+    train.STOP.uninstall()
+
+
+def _run(config, workdir: Optional[str], cluster: tuple) -> None:
   try:
     joined = parallel.initialize_distributed(*cluster)
   except ValueError as e:
     sys.exit(f'error: {e}')
+  train.STOP.install()  # jax.distributed's preemption notifier took SIGTERM.
   logging.info('Process %d of %d (%s); %d local and %d global devices.', jax.process_index(),
                jax.process_count(), joined or 'single process', jax.local_device_count(),
                jax.device_count())
@@ -31,9 +41,9 @@ def run(config, workdir: Optional[str], cluster: tuple = (None, None, None)) -> 
   logging.info('Workdir: %s', workdir)
   try:
     train.train_and_evaluate(config, workdir, evaluator.periodic_evaluator(config, workdir))
-  except train.Interrupted as e:
+  except train.Stopped as e:
     print(e, file=sys.stderr)
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_INTERRUPTED if isinstance(e, train.Interrupted) else EXIT_PREEMPTED)
   except KeyboardInterrupt:
     print('Interrupted before a checkpoint could be saved; rerun the same command to resume '
           'from the newest one.', file=sys.stderr)

@@ -1,16 +1,16 @@
 """One process of a 2-process x 2-CPU-device training run, for test_multiprocess.py (which
 starts it with XLA_FLAGS giving it 2 CPU devices).
 
-usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_BATCH
+usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_BATCH [FAIL_RESTORE_ONCE]
 
 Runs training_command.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM
 when its input pipeline yields batch SIGTERM_AT_BATCH (0: never), as a preempted host would
-receive it. prefetch_to_mesh pulls data.prefetch + 1 batches before the step is compiled, so a
-batch after those arrives once both processes have compiled and passed the barrier after it
-(a signal during start-up is a different case: XLA's preemption barrier gives up after 3
-minutes, which a loaded machine's compile can exceed). A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the
+receive it. prefetch_to_mesh pulls data.prefetch + 1 batches before the step is compiled: batch
+1 arrives during start-up, before the first step; a batch after those once both processes have
+compiled. A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the
 end each process writes its final state's step, a digest of every array and those steps'
-metrics to WORKDIR/state_<id>.npz.
+metrics to WORKDIR/state_<id>.npz, and exits with training_command's exit code. With
+FAIL_RESTORE_ONCE=1, process 1's first checkpoint read raises OSError (a transient GCS error).
 """
 
 import os
@@ -23,17 +23,31 @@ import tensorflow_datasets as tfds
 from absl import logging
 from conftest import tiny_training_config
 
-from bigbigan_jax import input_pipeline, parallel, train, train_step, training_command
+from bigbigan_jax import input_pipeline, parallel, run_dir, train, train_step, training_command
 
 EXTRA_STEPS = 2
 
 
-def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int) -> None:
+def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int,
+        fail_restore_once: int = 0) -> None:
   final = {}
   train_and_evaluate, train_iterator = train.train_and_evaluate, input_pipeline.train_iterator
+  restore, reads = run_dir.restore, []
+
+  def transient_failure(*args, **kwargs):
+    reads.append(args[1])
+    if process_id == 1 and fail_restore_once and len(reads) == 1:
+      raise OSError('Connection reset by peer')
+    return restore(*args, **kwargs)
+
+  run_dir.restore, run_dir.RETRY_SECONDS = transient_failure, 0.1
 
   def keep_final_state(*args, **kwargs):
-    final['state'] = train_and_evaluate(*args, **kwargs)
+    try:
+      final['state'] = train_and_evaluate(*args, **kwargs)
+    except train.Stopped as e:
+      final['state'] = e.state
+      raise
     return final['state']
 
   def preempted_at(*args, **kwargs):
@@ -44,14 +58,19 @@ def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int) -
 
   train.train_and_evaluate, input_pipeline.train_iterator = keep_final_state, preempted_at
   config = tiny_training_config(steps, image_every_steps=1000)  # Grids at the end only.
+  code = 0
   with tfds.testing.mock_data(num_examples=64):
-    training_command.run(config, workdir, (f'127.0.0.1:{port}', 2, process_id))
+    try:
+      training_command.run(config, workdir, (f'127.0.0.1:{port}', 2, process_id))
+    except SystemExit as e:
+      code = e.code
   state, metrics = final['state'], []
   if not sigterm_at:  # Then also the same global batches as a 1-process x 4-device run.
     state, metrics = extra_steps(state, config, process_id)
   state = jax.device_get(state)
   np.savez(os.path.join(workdir, f'state_{process_id}.npz'), step=int(state.step),
            digest=digest(state), metrics=np.asarray(metrics))
+  sys.exit(code)
 
 
 def digest(state) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Two processes x two CPU devices on 127.0.0.1 through jax.distributed, as a pod slice runs.
 
-A SIGTERM to one process (a preempted host) must make both save the same step and exit 0, the
-same command must then resume both to the end with identical states, and steps fed the same
-global batches must match one process with four devices.
+One workdir, three launches of the same command: a SIGTERM to one process (a preempted host)
+mid-run makes both save the same step and exit with the preemption code; a SIGTERM during the
+start-up of the resumed run (before its first step), in which process 1's first read of the
+checkpoint fails, makes both restore it and exit with that code, the checkpoint kept; the third launch resumes both to the end with identical states, and steps fed
+the same global batches match one process with four devices.
 """
 
 import os
@@ -15,7 +17,7 @@ import numpy as np
 from conftest import tiny_training_config, xla_flags
 
 import multiprocess_worker
-from bigbigan_jax import parallel, run_dir, train_step
+from bigbigan_jax import parallel, run_dir, train_step, training_command
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -36,17 +38,19 @@ RUN_TIMEOUT_S = 1200
 # The first batch pulled after compilation: prefetch_to_mesh holds data.prefetch (2) batches
 # ahead of the first one before the step is compiled.
 SIGTERM_AFTER_COMPILE = 4
+SIGTERM_AT_START_UP = 1  # The first batch: before the restored state's step is compiled.
+PREEMPTED = training_command.EXIT_PREEMPTED
 STEPS = 6  # Room after the signal: the processes agree on a step one or two after it.
 
 
-def run_two_processes(workdir, steps, sigterm_at):
+def run_two_processes(workdir, steps, sigterm_at, fail_restore_once=0):
   """Exit codes and stderr of both processes, always cleaned up."""
   port = free_port()
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': xla_flags(2)}
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir), str(steps),
-       str(i), str(port), str(sigterm_at)], env=env, stdout=subprocess.DEVNULL,
+       str(i), str(port), str(sigterm_at), str(fail_restore_once)], env=env, stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
   try:
     errors = [p.communicate(timeout=RUN_TIMEOUT_S)[1] for p in procs]
@@ -63,13 +67,25 @@ def final_states(workdir):
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_path):
   codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AFTER_COMPILE)
-  assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+  assert codes == [PREEMPTED] * 2, errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
   # Both processes stopped after the same step and saved it.
   assert steps[0] == steps[1] and 2 <= steps[0] < STEPS
-  assert steps[0] in run_dir.checkpoint_steps(tmp_path)
+  assert run_dir.checkpoint_steps(tmp_path)[-1] == steps[0]
   np.testing.assert_array_equal(digests[0], digests[1])
   assert 'Stopping at step' in errors[0] and 'Process 0 of 2' in errors[0]
+  saved = steps[0]
+
+  # A SIGTERM before the resumed run's first step, after process 1 failed once to read the
+  # newest checkpoint: both restore it, no step, no hang, the checkpoint kept.
+  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AT_START_UP,
+                                    fail_restore_once=1)
+  assert codes == [PREEMPTED] * 2, errors[0][-3000:] + errors[1][-3000:]
+  assert 'Restoring checkpoint %d failed (attempt 1 of 3)' % saved in errors[1]
+  assert final_states(tmp_path)[0] == [saved] * 2
+  assert run_dir.checkpoint_steps(tmp_path)[-1] == saved
+  assert not list((tmp_path / 'checkpoints').glob('*.unreadable'))
+  assert f'Stopped at step {saved} on a preemption signal' in errors[0]
 
   codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=0)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
