@@ -65,10 +65,11 @@ def tiny_run(tmp_path_factory):
 # (Makefile) each file runs whole on one worker, its module fixtures built once, and the long
 # files start first so that the two workers end together.
 SLOWEST_FILES = ('test_multiprocess.py', 'test_learning.py', 'test_reliability.py',
-                 'test_evaluation_pipeline.py', 'test_train_step.py', 'test_fast_paths.py',
-                 'test_export.py', 'test_benchmarks.py', 'test_in_memory.py', 'test_encoder.py',
-                 'test_train_e2e.py', 'test_encoder_statistics.py',
-                 'test_generator_discriminator.py')
+                 'test_train_step.py', 'test_fast_paths.py', 'test_export.py',
+                 'test_in_memory.py', 'test_evaluation_pipeline.py', 'test_benchmarks.py',
+                 'test_garment_metrics.py', 'test_encoder.py', 'test_generator_discriminator.py',
+                 'test_encoder_statistics.py', 'test_train_e2e.py',
+                 'test_fashion_mnist_builder.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -115,14 +115,20 @@ def largest_errors(reference, other):
   return errors
 
 
+@pytest.fixture(scope='module')
+def reference_path():
+  """(variables, outputs and gradients) of the dense, no-remat path, computed once."""
+  reference = _config(model__attention='dense')
+  variables = _init(reference)
+  return variables, _outputs_and_grads(reference, variables)
+
+
 @pytest.mark.parametrize('overrides', [dict(model__remat=True),
                                        dict(model__attention='chunked', model__attention_chunk=8),
                                        dict(model__attention='fused')])
-def test_networks_equal_the_reference_paths(overrides):
-  reference = _config(model__attention='dense')
-  variables = _init(reference)
-  errors = largest_errors(_outputs_and_grads(reference, variables),
-                          _outputs_and_grads(_config(**overrides), variables))
+def test_networks_equal_the_reference_paths(overrides, reference_path):
+  variables, reference = reference_path
+  errors = largest_errors(reference, _outputs_and_grads(_config(**overrides), variables))
   assert max(errors.values()) < REFERENCE_PATH_TOLERANCE, errors
 
 
