@@ -206,6 +206,7 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
       progress(step)
       checkpoints.check_for_errors()
       last = step == config.num_train_steps
+      stopping = kind and not last  # At the last step the run finishes as usual.
       if step % config.log_every_steps == 0 or last:
         bad_step, means = _mean_metrics(history)
         if bad_step is not None:
@@ -213,16 +214,16 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
           raise checkpoints.diverged(f'{bad} at step {bad_step}')
         writer.write_scalars(step, {**means, **learning_rates})
         history = []
-      if (step % config.image_every_steps == 0 or last) and not kind:
+      if (step % config.image_every_steps == 0 or last) and not stopping:
         with progress.timed('grids'):
           draw_grids(state, step)
-      if evaluate_fn is not None and config.eval.every_steps and not kind and (
+      if evaluate_fn is not None and config.eval.every_steps and not stopping and (
           step % config.eval.every_steps == 0 or last):
         with progress.timed('eval'):
           evaluate_fn(state, step, writer)
-      if step % config.checkpoint_every_steps == 0 or last or kind:
+      if step % config.checkpoint_every_steps == 0 or last or stopping:
         checkpoints.save(step, state)
-      if kind and not last:
+      if stopping:
         checkpoints.check_for_errors(wait=True)
         logging.warning('Stopping at step %d on a stop request; checkpoint saved.', step)
         raise _stopped(kind, step, manager.directory, state)

@@ -2,8 +2,8 @@
 
 One workdir, three launches of the same command: a SIGTERM to one process (a preempted host)
 mid-run makes both save the same step and exit with the preemption code; a SIGTERM during the
-start-up of the resumed run (before its first step), in which process 1's first read of the
-checkpoint fails, makes both restore it and exit with that code, the checkpoint kept; the third launch resumes both to the end with identical states, and steps fed
+start-up of the resumed run (before its first step) makes both exit with that code, the
+checkpoint kept; the third launch resumes both to the end with identical states, and steps fed
 the same global batches match one process with four devices.
 """
 
@@ -76,12 +76,9 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   assert 'Stopping at step' in errors[0] and 'Process 0 of 2' in errors[0]
   saved = steps[0]
 
-  # A SIGTERM before the resumed run's first step, after process 1 failed once to read the
-  # newest checkpoint: both restore it, no step, no hang, the checkpoint kept.
-  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AT_START_UP,
-                                    fail_restore_once=1)
+  # A SIGTERM before the resumed run's first step: no step, no hang, the checkpoint kept.
+  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AT_START_UP)
   assert codes == [PREEMPTED] * 2, errors[0][-3000:] + errors[1][-3000:]
-  assert 'Restoring checkpoint %d failed (attempt 1 of 3)' % saved in errors[1]
   assert final_states(tmp_path)[0] == [saved] * 2
   assert run_dir.checkpoint_steps(tmp_path)[-1] == saved
   assert not list((tmp_path / 'checkpoints').glob('*.unreadable'))
