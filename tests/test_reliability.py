@@ -193,7 +193,8 @@ def test_a_failed_background_save_stops_the_run(run_copy, monkeypatch):
   assert max(run_dir.checkpoint_steps(run_copy)) <= 6
 
 
-@pytest.mark.parametrize('signum,code', [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+@pytest.mark.parametrize('signum,code', [(signal.SIGINT, training_command.EXIT_INTERRUPTED),
+                                         (signal.SIGTERM, training_command.EXIT_PREEMPTED)])
 def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum, code):
   train_iterator = input_pipeline.train_iterator
 
@@ -208,10 +209,11 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
   # The signal arrives while later batches are prefetched: the run stops at the next step.
   stopped = run_dir.checkpoint_steps(run_copy)[-1]
   assert 4 < stopped < 20
-  if signum == signal.SIGINT:
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f'Interrupted at step {stopped}; the checkpoint is saved in {run_copy}/checkpoints: '
-        f'rerun the same command to resume.')
+  reason = 'Interrupted' if signum == signal.SIGINT else 'Stopped'
+  suffix = '' if signum == signal.SIGINT else ' on a preemption signal'
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f'{reason} at step {stopped}{suffix}; the checkpoint is saved in {run_copy}/checkpoints: '
+      f'rerun the same command to resume.')
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
