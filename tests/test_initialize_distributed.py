@@ -26,7 +26,12 @@ def calls(monkeypatch):
   monkeypatch.setattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
   recorded = []
   monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: bool(recorded))
-  monkeypatch.setattr(jax.distributed, 'initialize', lambda *args: recorded.append(args))
+  def initialize(*args, initialization_timeout):
+    timeout = int(os.environ.get('JAX_INITIALIZATION_TIMEOUT', 300))
+    assert initialization_timeout == timeout, 'the wait for the other processes'
+    recorded.append(args)
+
+  monkeypatch.setattr(jax.distributed, 'initialize', initialize)
   return recorded
 
 
@@ -79,6 +84,12 @@ def test_arguments_complete_a_cluster(calls, monkeypatch):
   _set(monkeypatch, _SLURM)
   assert parallel.initialize_distributed(process_id=3) == 'SLURM'
   assert calls == [(None, None, 3)]
+
+
+def test_the_wait_for_the_other_processes_comes_from_the_environment(calls, monkeypatch):
+  _set(monkeypatch, {**_SLURM, 'JAX_INITIALIZATION_TIMEOUT': '1800'})
+  assert parallel.initialize_distributed() == 'SLURM'  # initialize checks the 1800 s.
+  assert len(calls) == 1
 
 
 def test_initialises_once(calls, monkeypatch):

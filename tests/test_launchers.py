@@ -156,8 +156,8 @@ def test_setup_replaces_the_code_on_a_second_run(stubs, tmp_path):
     assert not (home / 'bigbigan_jax' / '.venv').exists()
     assert not (home / 'bigbigan_jax.tar.gz').exists()
   assert _calls(home / '.local' / 'bin', 'uv')[-1] == [
-      'pip', 'install', '--quiet', '--python', f'{home}/bigbigan_venv/bin/python', '-e',
-      f'{home}/bigbigan_jax[tpu]']
+      'pip', 'install', '--quiet', '--python', f'{home}/bigbigan_venv/bin/python', '-c',
+      f'{home}/bigbigan_jax/launch/constraints.txt', '-e', f'{home}/bigbigan_jax[tpu]']
 
 
 def test_queued_spot_create_waits_until_active_and_delete_takes_the_queue(stubs):
