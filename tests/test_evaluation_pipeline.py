@@ -103,7 +103,7 @@ def test_periodic_evaluation_gives_probe_and_knn_and_skips_fid(trained):
 
 def test_no_inception_weights_logs_how_to_enable_fid(tmp_path, monkeypatch, caplog):
   monkeypatch.delenv(evaluator.INCEPTION_ENV, raising=False)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):  # absl flag parsing may set WARNING.
     assert evaluator.Evaluator(tiny(), tmp_path).inception is None
   assert 'FID/IS skipped: no Inception weights; set --config.eval.inception_weights' in caplog.text
 

@@ -32,7 +32,7 @@ def _tensorboard_hparams(workdir):
 
 
 def test_hparams_go_to_tensorboard_and_not_the_console(tmp_path, caplog):
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):  # absl flag parsing may set WARNING.
     _write(tmp_path)
   console = caplog.text
   assert 'loss_d' in console  # Scalars still reach the console.
@@ -41,7 +41,7 @@ def test_hparams_go_to_tensorboard_and_not_the_console(tmp_path, caplog):
 
 
 def test_other_processes_log_scalars_and_write_no_files(tmp_path, caplog):
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):  # absl flag parsing may set WARNING.
     _write(tmp_path, log_only=True)
   assert 'loss_d' in caplog.text and 'a_marked_run_name' not in caplog.text
   assert not list(tmp_path.iterdir())
@@ -52,7 +52,7 @@ def test_without_tensorflow_scalars_go_to_metrics_jsonl_and_hparams_nowhere(
   import clu  # pylint: disable=g-import-not-at-top
   monkeypatch.delattr(clu, 'metric_writers', raising=False)  # As if TensorFlow were missing.
   monkeypatch.setitem(sys.modules, 'clu.metric_writers', None)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):  # absl flag parsing may set WARNING.
     _write(tmp_path)
   assert 'loss_d=0.5' in caplog.text and 'a_marked_run_name' not in caplog.text
   lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
