@@ -178,3 +178,15 @@ def test_orthogonal_regularization_is_zero_for_orthogonal_columns():
 def test_batch_not_divisible_by_devices():
   with pytest.raises(ValueError, match=r'batch_size=10 must be a positive multiple of the device count \(4\)'):
     train_step.make_step_functions(default_config.tiny_config(batch_size=10), 4)
+
+
+def test_one_step_per_step_settings_and_mesh():
+  c = config()
+  step = train_step.make_train_step(c, mesh(4))
+  c.num_train_steps, c.log_every_steps = 99, 7  # Bookkeeping: the same step.
+  assert train_step.make_train_step(c, mesh(4)) is step
+  assert train_step.make_train_step(c, mesh(1)) is not step
+  c.optim.d_lr *= 2  # Compiled into the step as a constant: another step.
+  assert train_step.make_train_step(c, mesh(4)) is not step
+  with pytest.raises(AttributeError):  # The step is built from its settings alone.
+    train_step.step_settings(c).num_train_steps  # pylint: disable=expression-not-assigned
