@@ -28,8 +28,8 @@ def test_writer_store_round_trip(tmp_path, dtype):
   assert sorted(p.name for p in tmp_path.glob('features_*.npy')) == [
       f'features_{i:05d}.npy' for i in range(4)]
   x, y = _collect(store.batches(4))
-  assert x.dtype == dtype
-  np.testing.assert_array_equal(x, features.astype(dtype))
+  assert x.dtype == np.float32  # Stored as `dtype`, read as float32 (see FeatureStore.batches).
+  np.testing.assert_array_equal(x, features.astype(dtype).astype(np.float32))
   np.testing.assert_array_equal(y, labels)
 
 

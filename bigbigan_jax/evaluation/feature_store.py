@@ -93,7 +93,9 @@ class FeatureStore:
   def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
               drop_remainder: bool = False,
               buffer_shards: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields (features, labels) minibatches in the stored dtype.
+    """Yields (features, labels) minibatches, features as float32 whatever the stored dtype
+    (converted here, on the host: XLA:CPU for a CPU without F16C cannot link float16
+    conversions inside a program, e.g. under XLA_FLAGS=--xla_cpu_max_isa=SSE4_2).
 
     With `shuffle`, shards come in a random order and the examples of `buffer_shards`
     shards at a time (plus what the last group left over) are permuted together.
@@ -112,10 +114,10 @@ class FeatureStore:
         features, labels = features[perm], labels[perm]
       full = len(labels) - len(labels) % batch_size
       for i in range(0, full, batch_size):
-        yield features[i:i + batch_size], labels[i:i + batch_size]
+        yield features[i:i + batch_size].astype(np.float32), labels[i:i + batch_size]
       features, labels = features[full:], labels[full:]
     if len(labels) and not drop_remainder:
-      yield features, labels
+      yield features.astype(np.float32), labels
 
 
 class FeatureWriter:
