@@ -32,7 +32,7 @@ setuptools.setup(
         # python -m bigbigan_jax.export --format=onnx|safetensors. jax2onnx 0.13 and later pin
         # orbax-checkpoint<0.11.37, below what this package needs.
         'export': EXPORT_REQUIRES,
-        'test': ['pytest>=8', 'pytest-xdist>=3.6', *EXPORT_REQUIRES],
+        'test': ['pytest>=8', 'pytest-xdist>=3.8', *EXPORT_REQUIRES],
         # NVIDIA GPUs through JAX's pip CUDA wheels: CUDA 12 (driver >= 525), or CUDA 13
         # (driver >= 580) with the cuda13 extra.
         'cuda': ['jax[cuda12]>=0.10.2'],
