@@ -182,16 +182,9 @@ def test_runtime_follows_the_tpu_generation(stubs, accelerator, runtime):
   assert result.stdout.split()[-1] == f'--version={runtime}'
 
 
-def test_watch_recreates_a_preempted_slice_and_trains_again(stubs):
-  """The slice reads PREEMPTED once, then READY: one round of delete, create, setup, train."""
-  count = stubs / 'describes'
-  (stubs / 'gcloud').write_text(
-      f'#!{sys.executable}\nimport json, pathlib, sys\n'
-      f'open({str(stubs / "gcloud.log")!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")\n'
-      'if "describe" in sys.argv:\n'
-      f'  count = pathlib.Path({str(count)!r})\n'
-      '  print("READY" if count.exists() else "PREEMPTED")\n'
-      '  count.touch()\n')
+def _watch_until_three_describes(stubs) -> str:
+  """Runs `tpu_vm.sh watch` against the stub gcloud until it has polled 3 times (60 s at most),
+  stops it, and returns its stderr."""
   env = {**os.environ, **SETTINGS, 'TMPDIR': str(stubs.parent), 'WATCH_INTERVAL': '0.1',
          'PATH': f'{stubs}{os.pathsep}{os.environ["PATH"]}'}
   watcher = subprocess.Popen(['bash', str(TPU_VM), 'watch', *AWKWARD], env=env,
@@ -203,7 +196,20 @@ def test_watch_recreates_a_preempted_slice_and_trains_again(stubs):
       time.sleep(0.1)
   finally:
     os.killpg(watcher.pid, signal.SIGTERM)
-    stderr = watcher.communicate(timeout=30)[1]
+  return watcher.communicate(timeout=30)[1]
+
+
+def test_watch_recreates_a_preempted_slice_and_trains_again(stubs):
+  """The slice reads PREEMPTED once, then READY: one round of delete, create, setup, train."""
+  count = stubs / 'describes'
+  (stubs / 'gcloud').write_text(
+      f'#!{sys.executable}\nimport json, pathlib, sys\n'
+      f'open({str(stubs / "gcloud.log")!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")\n'
+      'if "describe" in sys.argv:\n'
+      f'  count = pathlib.Path({str(count)!r})\n'
+      '  print("READY" if count.exists() else "PREEMPTED")\n'
+      '  count.touch()\n')
+  stderr = _watch_until_three_describes(stubs)
   calls = [argv[3] for argv in _calls(stubs, 'gcloud')]
   assert calls[:6] == ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh'], stderr
   assert set(calls[6:]) == {'describe'}
@@ -227,18 +233,7 @@ def test_watch_keeps_trying_until_train_has_started(stubs):
       '  print("READY")\n'
       'if sys.argv[4] in ("create", "scp") and first:\n'
       '  sys.exit("ERROR: failed")\n')
-  env = {**os.environ, **SETTINGS, 'TMPDIR': str(stubs.parent), 'WATCH_INTERVAL': '0.1',
-         'PATH': f'{stubs}{os.pathsep}{os.environ["PATH"]}'}
-  watcher = subprocess.Popen(['bash', str(TPU_VM), 'watch', *AWKWARD], env=env,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-  try:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and sum(
-        'describe' in argv for argv in _calls(stubs, 'gcloud')) < 3:
-      time.sleep(0.1)
-  finally:
-    os.killpg(watcher.pid, signal.SIGTERM)
-    stderr = watcher.communicate(timeout=30)[1]
+  stderr = _watch_until_three_describes(stubs)
   calls = [argv[3] for argv in _calls(stubs, 'gcloud')]
   assert calls[:10] == ['describe', 'delete', 'create', 'delete', 'create', 'scp', 'scp', 'ssh',
                         'ssh', 'describe'], stderr
