@@ -1,6 +1,7 @@
 """Data parallelism: a 1-D mesh of all devices with axis `batch`, the shard_map wrapper, and
 host batches to global arrays. The same code runs on 1 CPU, a GPU box or a TPU pod slice."""
 
+import itertools
 import os
 import re
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -24,8 +25,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 
   Each setting comes from its argument, else from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES
   or $JAX_PROCESS_ID, else from the cluster JAX detects (Cloud TPU VM, or SLURM or Open MPI
-  with more than one task). $JAX_INITIALIZATION_TIMEOUT (s, default 300) bounds the wait for
-  the other processes. Without a cluster, an address needs the other two and vice versa.
+  with more than one task). wait_limit_s() bounds the wait for the other processes, here and
+  at exit. Without a cluster, an address needs the other two and vice versa.
   Must run before anything touches a device.
   """
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or None
@@ -46,9 +47,31 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   _check_settings(*given)
   if not jax.distributed.is_initialized():
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=_int_from_env('JAX_INITIALIZATION_TIMEOUT')
-                               or 300)
+                               initialization_timeout=wait_limit_s(),
+                               shutdown_timeout_seconds=wait_limit_s())
   return cluster or f'coordinator {coordinator_address}'
+
+
+def wait_limit_s() -> int:
+  """How long a process waits for the others to join, reach a barrier or shut down:
+  $JAX_INITIALIZATION_TIMEOUT seconds, default 300."""
+  return _int_from_env('JAX_INITIALIZATION_TIMEOUT') or 300
+
+
+_BARRIERS = itertools.count()
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (nothing on one process), up to wait_limit_s().
+
+  A barrier of the coordination service, not a collective on the devices: put one before a
+  collective that follows work whose length differs between processes (start-up, restore):
+  on CPU the first collective gives up after 30 s of waiting for the others (Gloo).
+  """
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+    multihost.get_barrier_sync_fn()(key=f'{name} #{next(_BARRIERS)}',
+                                    timeout_ms=wait_limit_s() * 1000)
 
 
 def detect_cluster() -> Optional[str]:

@@ -149,7 +149,7 @@ def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.
   problems = []
   for step in steps:
     state, problem = _try_restore(manager, step, config, mesh)
-    readable = _per_process(problem is None)
+    readable = [bool(x) for x in _per_process(problem is None)]
     if all(readable):
       _set_aside(manager, [bad for bad, _ in problems])
       return state
@@ -170,7 +170,12 @@ def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.
 
 
 def _try_restore(manager, step: int, config, mesh):
-  """(state, None) or (None, the last error's first line) after RESTORE_ATTEMPTS tries."""
+  """(state, None) or (None, the last error's first line) after up to RESTORE_ATTEMPTS tries.
+
+  The processes try in lockstep: while one process's read failed for a reason that may pass,
+  every process reads again (orbax's reads wait for each other, so a process retrying alone
+  would wait forever for the others).
+  """
   problem = None
   for attempt in range(RESTORE_ATTEMPTS):
     if attempt:
@@ -179,24 +184,31 @@ def _try_restore(manager, step: int, config, mesh):
     # A reader of its own per attempt: a failed restore leaves a manager's item layout wrong.
     reader = ocp.CheckpointManager(manager.directory,
                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    state, problem, outcome = None, None, _READ
     try:
-      return restore(reader, step, config, mesh), None
+      state = restore(reader, step, config, mesh)
     except UNREADABLE_CHECKPOINT as e:
       problem = f'{type(e).__name__}: {_first_line(e)}'
+      outcome = _DAMAGED if isinstance(e, DAMAGED_CHECKPOINT) else _FAILED
       logging.warning('Restoring checkpoint %d failed (attempt %d of %d): %s', step, attempt + 1,
                       RESTORE_ATTEMPTS, problem)
-      if isinstance(e, DAMAGED_CHECKPOINT):
-        break
     finally:
       reader.close()
-  return None, problem
+    outcomes = _per_process(outcome)
+    if _FAILED not in outcomes:
+      break
+  return state, problem
 
 
-def _per_process(ok: bool) -> list[bool]:
-  """Every process's `ok`, in process order, on every process."""
+_READ, _FAILED, _DAMAGED = 0, 1, 2  # A damaged checkpoint (orbax's own checks) is not retried.
+
+
+def _per_process(value: int) -> list[int]:
+  """Every process's `value`, in process order, on every process."""
   if jax.process_count() == 1:
-    return [ok]
-  return [bool(x) for x in multihost_utils.process_allgather(np.asarray(ok, np.int32))]
+    return [value]
+  parallel.barrier('restore outcomes')  # The reads' lengths differ between processes.
+  return [int(x) for x in multihost_utils.process_allgather(np.asarray(value, np.int32))]
 
 
 def _first_line(error: BaseException) -> str:

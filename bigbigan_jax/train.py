@@ -103,9 +103,10 @@ class Agreement:
                                                      lambda index: flags[index]))
 
   def now(self) -> int:
-    """Blocks for every process's request (before the first step)."""
+    """Waits for every process's request (start-up, before compiling the step)."""
     if not self.multi:
       return STOP.local
+    parallel.barrier('stop requests at start-up')
     return int(np.asarray(self._dispatch().addressable_data(0)))
 
   def lagged(self) -> int:
@@ -176,11 +177,16 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
   step_fn = train_step.make_train_step(config, mesh)
   device_batches = data.train_batches(config, mesh, start_step=start)
   first_batch = next(device_batches)
+  agreement = Agreement(mesh)
+  kind = agreement.now()  # A stop requested during start-up ends the run before compiling.
+  if kind:
+    writer.flush()
+    raise _stopped(kind, start, manager.directory, state, saved=False)
+  step_fn = compile_on_every_process(step_fn, state, first_batch)
   grid_images = multihost_utils.process_allgather(first_batch['image'][0, :config.num_grid_images],
                                                   tiled=True)
   draw_grids = grids.GridWriter(config, workdir, writer,
                                 np.asarray(image_views.to_float(grid_images)))
-  step_fn = compile_on_every_process(step_fn, state, first_batch)
   device_batches = itertools.chain([first_batch], device_batches)
 
   # The config is the run's once a checkpoint trained with it is written.
@@ -192,11 +198,6 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
     writer.write_hparams({k: v for k, v in _flat(config).items()})
   history = []
   logging.info('Training from step %d to %d on %d devices.', start, config.num_train_steps, mesh.size)
-  agreement = Agreement(mesh)
-  kind = agreement.now()
-  if kind:
-    writer.flush()
-    raise _stopped(kind, start, manager.directory, state, saved=False)
   try:
     for step in range(start + 1, config.num_train_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -239,8 +240,7 @@ def compile_on_every_process(step_fn, state, batch):
   start = time.time()
   compiled = step_fn.lower(state, batch).compile()
   logging.info('Compiled the train step in %.0f s.', time.time() - start)
-  if jax.process_count() > 1:
-    ocp.multihost.sync_global_processes('train step compiled')
+  parallel.barrier('train step compiled')
   return compiled
 
 

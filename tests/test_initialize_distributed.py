@@ -26,9 +26,10 @@ def calls(monkeypatch):
   monkeypatch.setattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
   recorded = []
   monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: bool(recorded))
-  def initialize(*args, initialization_timeout):
+  def initialize(*args, initialization_timeout, shutdown_timeout_seconds):
     timeout = int(os.environ.get('JAX_INITIALIZATION_TIMEOUT', 300))
     assert initialization_timeout == timeout, 'the wait for the other processes'
+    assert shutdown_timeout_seconds == timeout, 'the wait for the others at exit'
     recorded.append(args)
 
   monkeypatch.setattr(jax.distributed, 'initialize', initialize)

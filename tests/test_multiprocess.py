@@ -2,9 +2,10 @@
 
 One workdir, three launches of the same command: a SIGTERM to one process (a preempted host)
 mid-run makes both save the same step and exit with the preemption code; a SIGTERM during the
-start-up of the resumed run (before its first step) makes both exit with that code, the
-checkpoint kept; the third launch resumes both to the end with identical states, and steps fed
-the same global batches match one process with four devices.
+start-up of the resumed run (before its step is compiled) makes both exit with that code, the
+checkpoint kept; the third launch, whose first checkpoint read fails on one process, resumes
+both to the end with identical states, and steps fed the same global batches match one process
+with four devices.
 """
 
 import os
@@ -33,7 +34,10 @@ def free_port() -> int:
 # machine (the whole test 3 min 27 s), and ~600 s (the whole test 1,267 s) inside the suite under
 # XLA_FLAGS=--xla_cpu_max_isa=AVX2 with the load average near 8: another pytest worker and three
 # training processes on the 2 cores. The wait allows twice that; a hung run still ends inside
-# CI's limit.
+# CI's limit. Under such load one process reached a barrier (start-up, compiled step, shutdown)
+# 30 s after the other with two busy loops beside the test, and over 300 s (JAX's default
+# shutdown wait) once inside the suite, so the processes wait for each other as long as the
+# test waits for them.
 RUN_TIMEOUT_S = 1200
 # The first batch pulled after compilation: prefetch_to_mesh holds data.prefetch (2) batches
 # ahead of the first one before the step is compiled.
@@ -47,7 +51,7 @@ def run_two_processes(workdir, steps, sigterm_at, fail_restore_once=0):
   """Exit codes and stderr of both processes, always cleaned up."""
   port = free_port()
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': xla_flags(2)}
+         'XLA_FLAGS': xla_flags(2), 'JAX_INITIALIZATION_TIMEOUT': str(RUN_TIMEOUT_S)}
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir), str(steps),
        str(i), str(port), str(sigterm_at), str(fail_restore_once)], env=env, stdout=subprocess.DEVNULL,
@@ -84,8 +88,12 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   assert not list((tmp_path / 'checkpoints').glob('*.unreadable'))
   assert f'Stopped at step {saved} on a preemption signal' in errors[0]
 
-  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=0)
+  # The resume, with process 1's first read failing as a transient storage error would: both
+  # processes read again together.
+  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=0, fail_restore_once=1)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+  assert f'Restoring checkpoint {saved} failed (attempt 1 of' in errors[1]
+  assert errors[0].count(f'Restoring checkpoint at step {saved} from') == 2
   steps, digests = final_states(tmp_path)
   extra = multiprocess_worker.EXTRA_STEPS
   assert steps == [STEPS + extra] * 2
