@@ -172,18 +172,20 @@ def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.
 def _try_restore(manager, step: int, config, mesh):
   """(state, None) or (None, the last error's first line) after up to RESTORE_ATTEMPTS tries.
 
-  The processes try in lockstep: while one process's read failed for a reason that may pass,
-  every process reads again (orbax's reads wait for each other, so a process retrying alone
-  would wait forever for the others).
+  The processes read independently and compare outcomes after each attempt: while one
+  process's read failed for a reason that may pass, every process reads again.
   """
   problem = None
   for attempt in range(RESTORE_ATTEMPTS):
     if attempt:
       time.sleep(RETRY_SECONDS * attempt)
     logging.info('Restoring checkpoint at step %d from %s.', step, manager.directory)
-    # A reader of its own per attempt: a failed restore leaves a manager's item layout wrong.
-    reader = ocp.CheckpointManager(manager.directory,
-                                   options=ocp.CheckpointManagerOptions(read_only=True))
+    # A reader of its own per attempt (a failed restore leaves a manager's item layout wrong),
+    # reading without orbax's barriers: a process whose read failed would never reach them.
+    me = jax.process_index()
+    reader = ocp.CheckpointManager(manager.directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me})))
     state, problem, outcome = None, None, _READ
     try:
       state = restore(reader, step, config, mesh)
