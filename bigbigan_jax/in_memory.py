@@ -49,7 +49,9 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
   through TensorFlow), and the cache is written for next time.
   """
   path = cache_path(config, split)
-  if path.exists():
+  # Decided together: a process without the cache (a host-local cache_dir) reads the dataset,
+  # and preparing a dataset waits for every process.
+  if all(parallel.from_every_process(path.exists())):
     images, labels = _read_cache(path)
   else:
     if config.data.dataset == FASHION_MNIST_LOCAL and split in idx_files.SPLIT_FILES:
@@ -63,6 +65,9 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
                           ) from None
       images, labels = input_pipeline.decoded_split(config, split)
     if jax.process_index() == 0:
+      _write_cache(path, images, labels)
+    parallel.barrier('in-memory cache written')
+    if jax.process_index() > 0 and not path.exists():  # A cache_dir of this host's own.
       _write_cache(path, images, labels)
   return _with_channels(images, config.data.num_channels, path), labels
 

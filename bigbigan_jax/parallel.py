@@ -148,6 +148,15 @@ def shard_map_jit(fn: Callable, mesh: Mesh, in_specs, out_specs, donate_argnums=
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
+def from_every_process(value: int) -> list[int]:
+  """Every process's `value` (an int or bool), in process order, on every process."""
+  if jax.process_count() == 1:
+    return [int(value)]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  barrier('values from every process')  # What came before may take longer on some processes.
+  return [int(x) for x in multihost_utils.process_allgather(np.asarray(value, np.int32))]
+
+
 def processes(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
   """(process index, process count), each JAX's own where None."""
   if process_index is None:

@@ -100,6 +100,31 @@ def checkpoint_reader(workdir: epath.Path) -> ocp.CheckpointManager:
                                options=ocp.CheckpointManagerOptions(create=False))
 
 
+class MissingCheckpoint(ValueError):
+  """The run has no checkpoint, or none for the step asked for."""
+
+
+def chosen_step(workdir: epath.Path, step: Optional[int], if_none: str) -> int:
+  """`step` (default the newest) after checking that `workdir` has a checkpoint for it;
+  `if_none` ends the sentence for a run without checkpoints."""
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise MissingCheckpoint(f'No checkpoints in {workdir}/checkpoints; {if_none}.')
+  if step is not None and step not in steps:
+    raise MissingCheckpoint(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
+  return steps[-1] if step is None else step
+
+
+def read_checkpoint(workdir: epath.Path, step: int, config, mesh) -> train_step.TrainState:
+  """Checkpoint `step` of `workdir`, restored without writing anything."""
+  logging.info('Restoring checkpoint %d from %s/checkpoints.', step, workdir)
+  manager = checkpoint_reader(workdir)
+  try:
+    return restore(manager, step, config, mesh)
+  finally:
+    manager.close()
+
+
 def checkpoint_steps(workdir: epath.Path) -> list[int]:
   """The steps of the checkpoints in `workdir` (read from the folder names, without orbax)."""
   directory = workdir / 'checkpoints'
@@ -149,7 +174,7 @@ def restore_or_init(config, mesh, manager: ocp.CheckpointManager) -> train_step.
   problems = []
   for step in steps:
     state, problem = _try_restore(manager, step, config, mesh)
-    readable = [bool(x) for x in _per_process(problem is None)]
+    readable = [bool(x) for x in parallel.from_every_process(problem is None)]
     if all(readable):
       _set_aside(manager, [bad for bad, _ in problems])
       return state
@@ -196,21 +221,13 @@ def _try_restore(manager, step: int, config, mesh):
                       RESTORE_ATTEMPTS, problem)
     finally:
       reader.close()
-    outcomes = _per_process(outcome)
+    outcomes = parallel.from_every_process(outcome)
     if _FAILED not in outcomes:
       break
   return state, problem
 
 
 _READ, _FAILED, _DAMAGED = 0, 1, 2  # A damaged checkpoint (orbax's own checks) is not retried.
-
-
-def _per_process(value: int) -> list[int]:
-  """Every process's `value`, in process order, on every process."""
-  if jax.process_count() == 1:
-    return [value]
-  parallel.barrier('restore outcomes')  # The reads' lengths differ between processes.
-  return [int(x) for x in multihost_utils.process_allgather(np.asarray(value, np.int32))]
 
 
 def _first_line(error: BaseException) -> str:

@@ -151,6 +151,24 @@ def test_the_cache_is_read_without_the_source_and_a_bad_one_is_named(config, mon
   assert path.exists()  # Nothing deleted behind the user's back.
 
 
+def test_processes_decide_together_whether_to_read_the_cache(config, monkeypatch):
+  """A host-local cache_dir: while one process lacks the cache, every process reads the
+  dataset (whose preparation waits for all of them), and a process other than 0 that still
+  lacks it after process 0 wrote its own copy writes one."""
+  images, labels = in_memory.load_split(config, 'train')  # This host's cache.
+  path, reads, read_split = in_memory.cache_path(config, 'train'), [], idx_files.read_split
+  monkeypatch.setattr(idx_files, 'read_split', lambda split: reads.append(split) or read_split(split))
+  monkeypatch.setattr(parallel, 'from_every_process', lambda has_cache: [int(has_cache), 0])
+  assert np.array_equal(in_memory.load_split(config, 'train')[0], images)
+  assert reads == ['train']  # The dataset, not this host's cache.
+
+  path.unlink()
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  again, again_labels = in_memory.load_split(config, 'train')
+  assert path.exists() and reads == ['train'] * 2
+  assert np.array_equal(again, images) and np.array_equal(again_labels, labels)
+
+
 def test_a_split_read_through_tfds_holds_the_idx_files_examples(config):
   """The TFDS route (any dataset without its own reader) gives the same examples."""
   images, labels = input_pipeline.decoded_split(config, 'train')

@@ -205,6 +205,8 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
       yield batch
 
   monkeypatch.setattr(input_pipeline, 'train_iterator', signal_at_the_seventh_batch)
+  # What the process had before (a pytest-xdist worker may start with SIGINT ignored).
+  handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
   assert run_main(run_copy, steps=20) == (code, '')
   # The signal arrives while later batches are prefetched: the run stops at the next step.
   stopped = run_dir.checkpoint_steps(run_copy)[-1]
@@ -214,7 +216,7 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
   assert capsys.readouterr().err.strip().splitlines()[-1] == (
       f'{reason} at step {stopped}{suffix}; the checkpoint is saved in {run_copy}/checkpoints: '
       f'rerun the same command to resume.')
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
 def _image_folder(root, images_per_class=2):

@@ -91,7 +91,9 @@ def test_a_transient_read_error_is_retried_and_the_newest_checkpoint_kept(run_co
 
 def test_a_checkpoint_only_some_processes_read_stops_with_one_sentence(run_copy, monkeypatch):
   workdir, config = run_copy
-  monkeypatch.setattr(run_dir, '_per_process', lambda ok: [ok, False])
+  # Process 1 finds the checkpoint damaged (no retry) and so cannot read it.
+  monkeypatch.setattr(parallel, 'from_every_process', lambda value: (
+      [value, False] if isinstance(value, bool) else [value, run_dir._DAMAGED]))
   manager = run_dir.checkpoint_manager(workdir, config)
   try:
     with pytest.raises(run_dir.TrainingStopped, match=re.escape(

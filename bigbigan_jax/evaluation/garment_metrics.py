@@ -133,17 +133,11 @@ def check_fashion_mnist(config: ml_collections.ConfigDict, workdir) -> None:
 
 
 def _restore(config, workdir: epath.Path, mesh, step: Optional[int]):
-  steps = run_dir.checkpoint_steps(workdir)
-  if not steps:
-    raise UsageError(f'No checkpoints in {workdir}/checkpoints; train first.')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise UsageError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
-  manager = run_dir.checkpoint_reader(workdir)
   try:
-    return step, run_dir.restore(manager, step, config, mesh)
-  finally:
-    manager.close()
+    step = run_dir.chosen_step(workdir, step, 'train first')
+  except run_dir.MissingCheckpoint as e:
+    raise UsageError(str(e)) from None
+  return step, run_dir.read_checkpoint(workdir, step, config, mesh)
 
 
 def _split(config, name: str, batch_size: int, num_examples: int = 0):

@@ -43,17 +43,11 @@ def _state(config, workdir, mesh, step: Optional[int], init: bool):
   if init:
     return 0, encoder_statistics.with_measured_statistics(config, mesh,
                                                           run_dir.initial_state(config, mesh))
-  manager = run_dir.checkpoint_manager(workdir, config)
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise UsageError(f'No checkpoints in {workdir}/checkpoints; train first or pass --init.')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise UsageError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
-  logging.info('Restoring checkpoint %d from %s.', step, manager.directory)
-  state = run_dir.restore(manager, step, config, mesh)
-  manager.close()
-  return step, state
+  try:
+    step = run_dir.chosen_step(workdir, step, 'train first or pass --init')
+  except run_dir.MissingCheckpoint as e:
+    raise UsageError(str(e)) from None
+  return step, run_dir.read_checkpoint(workdir, step, config, mesh)
 
 
 def evaluate_run(workdir, *, step: Optional[int] = None, init: bool = False,

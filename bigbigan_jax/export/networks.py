@@ -61,22 +61,16 @@ def load_config(workdir: epath.Path, dtype: Optional[str] = None) -> ml_collecti
 
 def resolve_step(workdir: epath.Path, step: Optional[int] = None) -> int:
   """`step` (default the newest) after checking that `workdir` has a checkpoint for it."""
-  steps = run_dir.checkpoint_steps(workdir)
-  if not steps:
-    raise ExportError(f'No checkpoints in {workdir}/checkpoints; train the run first.')
-  if step is not None and step not in steps:
-    raise ExportError(f'No checkpoint for step {step} in {workdir}/checkpoints; have {steps}.')
-  return steps[-1] if step is None else step
+  try:
+    return run_dir.chosen_step(workdir, step, 'train the run first')
+  except run_dir.MissingCheckpoint as e:
+    raise ExportError(str(e)) from None
 
 
 def from_checkpoint(workdir: epath.Path, config: ml_collections.ConfigDict,
                     step: int) -> Networks:
   """The networks of `workdir`'s checkpoint `step`, restored without writing anything."""
-  manager = run_dir.checkpoint_reader(workdir)
-  try:
-    state = run_dir.restore(manager, step, config, parallel.make_mesh())
-  finally:
-    manager.close()
+  state = run_dir.read_checkpoint(workdir, step, config, parallel.make_mesh())
   return from_state(config, state, step)
 
 
