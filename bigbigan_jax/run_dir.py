@@ -15,11 +15,9 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 from bigbigan_jax import config_checks, default_config, parallel, train_step
 
@@ -200,7 +198,6 @@ def _try_restore(manager, step: int, config, mesh):
   The processes read independently and compare outcomes after each attempt: while one
   process's read failed for a reason that may pass, every process reads again.
   """
-  problem = None
   for attempt in range(RESTORE_ATTEMPTS):
     if attempt:
       time.sleep(RETRY_SECONDS * attempt)
@@ -242,7 +239,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
       step_dir = epath.Path(manager.directory) / str(step)
       step_dir.rename(step_dir.parent / f'{step}.unreadable')
       logging.warning('Renamed the unreadable checkpoint %s to %s.unreadable.', step_dir, step)
-  multihost_utils.sync_global_devices('checkpoints set aside')
+  parallel.barrier('checkpoints set aside')
   manager.reload()
 
 
