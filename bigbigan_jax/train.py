@@ -3,7 +3,8 @@
 A run is resumable: the run directory (run_dir) gives the newest checkpoint that restores, and
 the input pipeline continues with the batch it would have served next. SIGTERM (preemptible
 TPUs) and Ctrl-C, on any process and at any moment, make every process save a checkpoint at the
-same step (one or two steps later) and stop. Nothing non-finite is ever saved:
+same step (one or two steps later, or at the next batch of an evaluation in progress) and stop.
+Nothing non-finite is ever saved:
 a diverged run stops with the newest good checkpoint intact, and so does a run whose checkpoint
 save fails.
 """
@@ -221,7 +222,9 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
       if evaluate_fn is not None and config.eval.every_steps and not stopping and (
           step % config.eval.every_steps == 0 or last):
         with progress.timed('eval'):
-          evaluate_fn(state, step, writer)
+          cut_by = _evaluate_unless_stopped(evaluate_fn, state, step, writer, agreement)
+        if cut_by:  # The step's checkpoint is saved and the run stops, at the last step too.
+          kind, stopping = cut_by, True
       if step % config.checkpoint_every_steps == 0 or last or stopping:
         checkpoints.save(step, state)
       if stopping:
@@ -232,6 +235,30 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
   finally:
     writer.flush()
   return state
+
+
+class _EvaluationStopped(Exception):
+
+  def __init__(self, kind: int):
+    super().__init__(kind)
+    self.kind = kind
+
+
+def _evaluate_unless_stopped(evaluate_fn, state, step: int, writer, agreement: Agreement) -> int:
+  """Runs the evaluation; a stop requested meanwhile ends it between two of its batches, at the
+  same batch on every process, and is returned (0: it ran to the end)."""
+
+  def between_batches():
+    kind = agreement.lagged()
+    if kind:
+      raise _EvaluationStopped(kind)
+
+  try:
+    evaluate_fn(state, step, writer, between_batches)
+  except _EvaluationStopped as e:
+    logging.warning('Evaluation at step %d cut short by a stop request.', step)
+    return e.kind
+  return 0
 
 
 def compile_on_every_process(step_fn, state, batch):

@@ -3,15 +3,16 @@
 import jax
 import numpy as np
 import pytest
+from conftest import initial_state
 
-from bigbigan_jax import config_checks, default_config, parallel, train_step
+from bigbigan_jax import config_checks, default_config, parallel
 from bigbigan_jax.evaluation import encoder_statistics
 from bigbigan_jax.models import bigbigan
 
 
 def initial():
   c = default_config.tiny_config()
-  return c, train_step.init_state(c, jax.random.PRNGKey(0)), parallel.make_mesh()
+  return c, initial_state(c), parallel.make_mesh()
 
 
 def test_pooled_moments_are_the_moments_of_the_union():

@@ -14,9 +14,9 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 from absl.testing import flagsaver
+from conftest import initial_state
 
-from bigbigan_jax import (config_checks, default_config, evaluate, parallel, run_dir, train,
-                          train_step)
+from bigbigan_jax import config_checks, default_config, evaluate, parallel, run_dir, train
 from bigbigan_jax.evaluation import evaluator, features, run_evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def trained(mock_imagenet, tmp_path_factory):
     evaluate_fn = evaluator.periodic_evaluator(tiny(), workdir)
   results = []
   state = train.train_and_evaluate(
-      tiny(), str(workdir), lambda s, step, w: results.append(evaluate_fn(s, step, w)))
+      tiny(), str(workdir), lambda s, step, w, check: results.append(evaluate_fn(s, step, w, check)))
   return workdir, state, results
 
 
@@ -73,7 +73,7 @@ def test_features_have_the_split_shape_and_are_deterministic(mock_imagenet, tmp_
   del mock_imagenet
   c = tiny()
   extractor = features.FeatureExtractor(c, parallel.make_mesh())
-  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  state = initial_state(c)
   runs = [extractor.encoder(state.e_params, state.e_batch_stats, 'validation', tmp_path / str(i))
           for i in range(2)]
   (x0, y0), (x1, y1) = (next(r.store.batches(100)) for r in runs)

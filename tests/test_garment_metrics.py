@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import initial_state
 
-from bigbigan_jax import default_config, run_dir, train_step
+from bigbigan_jax import default_config, run_dir
 from bigbigan_jax.datasets import idx_files
 from bigbigan_jax.evaluation import garment_classifier, garment_metrics
 
@@ -174,7 +174,7 @@ def test_run_metrics_of_a_fashion_mnist_checkpoint(tmp_path, tiny_classifier):
   workdir.mkdir()
   run_dir.save_config(workdir, config)
   manager = run_dir.checkpoint_manager(workdir, config)
-  state = jax.jit(lambda key: train_step.init_state(config, key))(jax.random.PRNGKey(0))
+  state = initial_state(config)
   manager.save(6, args=ocp.args.StandardSave(state))
   manager.close()
 

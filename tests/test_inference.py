@@ -3,14 +3,15 @@
 import jax
 import numpy as np
 import pytest
+from conftest import initial_state
 
-from bigbigan_jax import default_config, inference, train_step
+from bigbigan_jax import default_config, inference
 
 
 @pytest.fixture(scope='module')
 def setup():
   c = default_config.tiny_config()
-  return c, inference.BigBiGAN(c), train_step.init_state(c, jax.random.PRNGKey(0))
+  return c, inference.BigBiGAN(c), initial_state(c)
 
 
 def test_standing_stats_make_samples_independent_of_the_batch(setup):

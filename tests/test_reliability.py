@@ -20,8 +20,9 @@ import tensorflow_datasets as tfds
 from conftest import tiny_training_config
 from PIL import Image
 
-from bigbigan_jax import input_pipeline, parallel, run_dir, training_command
+from bigbigan_jax import data, input_pipeline, parallel, run_dir, training_command
 from bigbigan_jax.datasets import idx_files
+from bigbigan_jax.evaluation import evaluator
 from test_input_pipeline import _write_idx as write_idx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,6 +219,28 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
       f'rerun the same command to resume.')
   assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
+
+
+def test_a_stop_during_an_evaluation_ends_it_at_the_next_batch(run_copy, monkeypatch):
+  eval_batches, pulled, probes = data.eval_batches, [], []
+
+  def signal_at_the_second_batch(*args, **kwargs):
+    for batch in eval_batches(*args, **kwargs):
+      pulled.append(batch)
+      if len(pulled) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(data, 'eval_batches', signal_at_the_second_batch)
+  monkeypatch.setattr(evaluator.linear_probe, 'train_and_evaluate',
+                      lambda *a, **k: probes.append(a))
+  assert run_main(run_copy, steps=8, eval__every_steps=2) == (training_command.EXIT_PREEMPTED, '')
+  # Resumed at step 4, the evaluation at step 6 was cut: its train split (64 mock examples, 8
+  # batches of 8) ended at the batch after the signal plus data.prefetch (2) batches read ahead,
+  # before the probe; step 6 was saved and its features deleted.
+  assert len(pulled) <= 2 + 1 + 2 and not probes
+  assert run_dir.checkpoint_steps(run_copy)[-1] == 6
+  assert not (run_copy / evaluator.FEATURES_DIR).exists()
 
 def _image_folder(root, images_per_class=2):
   for split in ('train', 'test'):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import initial_state
 
 from bigbigan_jax import default_config, image_views, losses, parallel, train_step
 from bigbigan_jax.models import bigbigan
@@ -56,7 +57,7 @@ def run_step(c, state, batch, num_devices):
 
 def test_gradient_routing_through_the_scores():
   c = config()
-  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  state = initial_state(c)
   g, e, d = bigbigan.build_models(c)
   batch = fake_batch(c)
   x_e, x_d = first_views(c, batch)
@@ -85,7 +86,7 @@ def test_gradient_routing_through_the_scores():
 
 def test_each_update_changes_only_its_own_networks():
   c = config()
-  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  state = initial_state(c)
   m = mesh(1)
   fns = train_step.make_step_functions(c, 1)
   specs = (parallel.REPLICATED,) * 4
@@ -114,7 +115,7 @@ def test_four_devices_match_one_device():
   assert jax.device_count() >= 4, 'tests/conftest.py asks for 4 CPU devices'
   c = config()
   batch = fake_batch(c)
-  init = lambda: train_step.init_state(c, jax.random.PRNGKey(0))
+  init = lambda: initial_state(c)
   one, metrics_one = run_step(c, init(), batch, 1)
   four, metrics_four = run_step(c, init(), batch, 4)
   tol = dict(rtol=2e-4, atol=2e-5)
@@ -126,7 +127,7 @@ def test_four_devices_match_one_device():
 
 def test_global_batch_statistics_in_generator_batchnorm():
   c = config()
-  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  state = initial_state(c)
   g = bigbigan.build_models(c, axis_name=parallel.AXIS).generator
   z = jax.random.normal(jax.random.PRNGKey(5), (GLOBAL_BATCH, c.model.z_dim))
 
@@ -146,21 +147,21 @@ def test_global_batch_statistics_in_generator_batchnorm():
 def test_step_is_deterministic():
   c = config()
   batch = fake_batch(c)
-  init = lambda: train_step.init_state(c, jax.random.PRNGKey(0))
+  init = lambda: initial_state(c)
   first, m1 = run_step(c, init(), batch, 4)
   second, m2 = run_step(c, init(), batch, 4)
   assert_trees_equal(first, second)
   assert_trees_equal(m1, m2)
   assert {'d_loss', 'eg_loss', 'real_score_x', 'real_score_z', 'real_score_xz', 'fake_score_x',
           'fake_score_z', 'fake_score_xz'} <= set(m1)
-  third, _ = run_step(c, train_step.init_state(c, jax.random.PRNGKey(7)), batch, 4)
+  third, _ = run_step(c, initial_state(c, 7), batch, 4)
   assert_trees_differ(first.d_params, third.d_params)
 
 
 def test_ema_follows_generator():
   c = config()
   assert c.optim.ema_start == 0 and c.optim.ema_decay == 0.9  # The tiny config's.
-  state = train_step.init_state(c, jax.random.PRNGKey(0))
+  state = initial_state(c)
   before = jax.device_get(state.g_params)  # The step donates the state's buffers.
   new, _ = run_step(c, state, fake_batch(c, updates=c.optim.d_steps + 1), 4)
   expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, before, new.g_params)

@@ -6,6 +6,9 @@ split (probe fit, weight decay chosen on a held-out slice of it, k-NN neighbours
 `config.data.eval_split` (scored) are streamed to `<workdir>/eval_features/` (local or gs://)
 and deleted afterwards.
 
+The training loop passes a stop check, called between batches, epochs and k-NN chunks: a stop
+requested during an evaluation ends it there (its features are deleted, nothing is written).
+
 FID/IS use G's EMA weights with standing statistics and the FID Inception-v3 from a local
 weights file (`config.eval.inception_weights` or $BIGBIGAN_INCEPTION_WEIGHTS); nothing is
 downloaded. FID compares `config.eval.num_fid_samples` samples with the statistics of the
@@ -35,10 +38,16 @@ KNN_KS = (1, 25)
 FEATURES_DIR = 'eval_features'
 
 Extract = Callable[..., features_lib.Features]
+Check = Callable[[], None]
+
+
+def _no_check() -> None:
+  pass
 
 
 class Evaluator:
-  """`evaluator(state, step, writer=None)` runs every evaluation and returns flat float metrics.
+  """`evaluator(state, step, writer=None, between_batches=None)` runs every evaluation and
+  returns flat float metrics; `between_batches()` may raise to end it early.
 
   Construction checks what evaluation needs of the config (config_checks.ConfigError, on any
   device count) and loads the Inception weights.
@@ -57,12 +66,15 @@ class Evaluator:
     self._real_inception = jax.jit(self._real_inception_impl, out_shardings=replicated)
     self._fake_inception = jax.jit(self._fake_inception_impl, out_shardings=replicated)
 
-  def __call__(self, state, step: int, writer: Optional[Any] = None) -> dict[str, float]:
+  def __call__(self, state, step: int, writer: Optional[Any] = None,
+               between_batches: Optional[Check] = None) -> dict[str, float]:
+    check = between_batches or _no_check
     metrics = self._representation(
-        str(step), functools.partial(self.extractor.encoder, state.e_params, state.e_batch_stats))
+        str(step), functools.partial(self.extractor.encoder, state.e_params, state.e_batch_stats),
+        check)
     standing = self.model.sampling_variables(state)
     if self.inception is not None:
-      metrics.update(_timed('FID/IS', self._fid_and_is, state.g_ema_params, standing))
+      metrics.update(_timed('FID/IS', self._fid_and_is, state.g_ema_params, standing, check))
     self._grids(state, standing, step, writer)
     if writer is not None:
       writer.write_scalars(step, metrics)
@@ -73,16 +85,19 @@ class Evaluator:
     """Probe and k-NN metrics of the flattened pixels of D's view (the baseline row)."""
     return self._representation('raw_pixels', self.extractor.raw_pixels)
 
-  def _representation(self, tag: str, extract: Extract) -> dict[str, float]:
+  def _representation(self, tag: str, extract: Extract, check: Check = _no_check
+                      ) -> dict[str, float]:
     c = self.config
     directory = self.workdir / FEATURES_DIR / tag / f'process_{jax.process_index()}'
     directory.rmtree(missing_ok=True)  # Left by an interrupted evaluation.
     try:
       train_features = _timed(f'{c.data.train_split} features', extract, c.data.train_split,
-                              directory / 'train', num_examples=c.eval.num_train_examples)
+                              directory / 'train', num_examples=c.eval.num_train_examples,
+                              between_batches=check)
       test_features = _timed(f'{c.data.eval_split} features', extract, c.data.eval_split,
-                             directory / 'test', num_examples=c.eval.num_eval_examples)
-      return _probe_and_knn(train_features, test_features, c)
+                             directory / 'test', num_examples=c.eval.num_eval_examples,
+                             between_batches=check)
+      return _probe_and_knn(train_features, test_features, c, check)
     finally:
       directory.rmtree(missing_ok=True)
       feature_store.remove_empty_directories(directory.parent, directory.parent.parent)
@@ -108,7 +123,7 @@ class Evaluator:
     z = jax.lax.with_sharding_constraint(z, NamedSharding(self.mesh, parallel.EVAL_BATCH))
     return self._net.apply(variables, self.model.sample(g_params, standing, z))
 
-  def _fid_and_is(self, g_params, standing) -> dict[str, float]:
+  def _fid_and_is(self, g_params, standing, check: Check) -> dict[str, float]:
     count = self.config.eval.num_fid_samples
     stats, logits = frechet.RunningStatistics(), []
     keys = jax.random.split(jax.random.PRNGKey(self.config.seed + 3),
@@ -119,11 +134,12 @@ class Evaluator:
       keep = min(len(pool), count - stats.count)
       stats.update(pool[:keep])
       logits.append(batch_logits[:keep])
+      check()
     score, score_std = frechet.inception_score(np.concatenate(logits))
-    fid = frechet.frechet_distance(*stats.result(), *self._reference_statistics())
+    fid = frechet.frechet_distance(*stats.result(), *self._reference_statistics(check))
     return {'fid': fid, 'inception_score': score, 'inception_score_std': score_std}
 
-  def _reference_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+  def _reference_statistics(self, check: Check) -> tuple[np.ndarray, np.ndarray]:
     """Inception statistics of the whole train split at G's resolution, cached."""
     split = self.config.data.train_split
     path = self.workdir / f'fid_reference_{re.sub(r"[^A-Za-z0-9_.-]", "_", split)}.npz'
@@ -136,6 +152,7 @@ class Evaluator:
                                            parallel.EVAL_BATCH):
       pool, mask = jax.device_get(self._real_inception(self.inception, batch))
       stats.update(pool[mask > 0])
+      check()
     mu, sigma = stats.result()
     if jax.process_index() == 0:
       frechet.save_statistics(path, mu, sigma)
@@ -174,18 +191,19 @@ class Evaluator:
 
 
 def _probe_and_knn(train_features: features_lib.Features, test_features: features_lib.Features,
-                   config: ml_collections.ConfigDict) -> dict[str, float]:
+                   config: ml_collections.ConfigDict, check: Check) -> dict[str, float]:
   num_classes = max(train_features.num_classes, test_features.num_classes)
   train_store, test_store = train_features.store, test_features.store
   probe = _timed('linear probe', linear_probe.train_and_evaluate, train_store, test_store,
-                 num_classes=num_classes, epochs=config.eval.probe_epochs, seed=config.seed)
+                 num_classes=num_classes, epochs=config.eval.probe_epochs, seed=config.seed,
+                 between_epochs=check)
   metrics = {'probe/top1': probe['top1'], 'probe/top5': probe['top5'],
              'probe/weight_decay': probe['weight_decay'],
              'num_train_examples': float(len(train_store)),
              'num_eval_examples': float(len(test_store))}
   for metric in knn.METRICS:
     accuracy = _timed(f'{metric} k-NN', knn.knn_accuracy_from_stores, train_store, test_store,
-                      num_classes=num_classes, ks=KNN_KS, metric=metric)
+                      num_classes=num_classes, ks=KNN_KS, metric=metric, between_chunks=check)
     metrics.update({f'knn/{metric}_k{k}': value for k, value in accuracy.items()})
   return metrics
 

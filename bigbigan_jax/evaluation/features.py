@@ -3,10 +3,12 @@
 Batches of `eval_iterator` are sharded over the mesh's batch axis; the features come back
 replicated, so every process drops the padded rows and writes the whole split in the same
 order. E runs deterministically: z_mean path (no sampling key), BatchNorm running statistics.
+`between_batches` is called after each batch (the training loop's stop check).
 """
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -34,15 +36,17 @@ class FeatureExtractor:
     self._pixels = jax.jit(self._pixels_impl, out_shardings=replicated)
 
   def encoder(self, e_params, e_batch_stats, split: str, directory: str | os.PathLike, *,
-              num_examples: int = 0) -> Features:
+              num_examples: int = 0, between_batches: Callable[[], None] = lambda: None
+              ) -> Features:
     """E's features of the first `num_examples` (0: all) of `split`."""
     return self._write(lambda b: self._encode(e_params, e_batch_stats, b), split, directory,
-                       num_examples)
+                       num_examples, between_batches)
 
   def raw_pixels(self, split: str, directory: str | os.PathLike, *,
-                 num_examples: int = 0) -> Features:
+                 num_examples: int = 0, between_batches: Callable[[], None] = lambda: None
+                 ) -> Features:
     """Flattened D-resolution pixels of the first `num_examples` (0: all) of `split`."""
-    return self._write(self._pixels, split, directory, num_examples)
+    return self._write(self._pixels, split, directory, num_examples, between_batches)
 
   def _encode_impl(self, e_params, e_batch_stats, batch):
     features = self._model.encode(e_params, e_batch_stats, image_views.to_float(batch['image']))
@@ -52,7 +56,7 @@ class FeatureExtractor:
     _, images = image_views.views(batch['image'], self.config.model.resolution)
     return images.reshape(images.shape[0], -1), batch['label'], batch['mask']
 
-  def _write(self, extract, split, directory, num_examples) -> Features:
+  def _write(self, extract, split, directory, num_examples, between_batches) -> Features:
     batches = data.eval_batches(self.config, split, self.config.eval.batch_size,
                                 num_examples=num_examples)
     device_batches = parallel.prefetch_to_mesh(self.mesh, batches, self.config.data.prefetch,
@@ -63,4 +67,5 @@ class FeatureExtractor:
       keep = mask > 0
       writer.append(features[keep], labels[keep])
       largest = max(largest, int(labels[keep].max(initial=0)))
+      between_batches()
     return Features(writer.close(), largest + 1)

@@ -7,7 +7,7 @@ the smallest label.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,8 @@ def knn_accuracy(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
 def knn_accuracy_from_stores(train_store: FeatureStore, test_store: FeatureStore, *,
                              num_classes: int, ks: Sequence[int] = (1, 25),
                              metric: str = 'cosine', train_chunk: int = 8192,
-                             query_batch: int = 4096) -> dict[int, float]:
+                             query_batch: int = 4096,
+                             between_chunks: Callable[[], None] = lambda: None) -> dict[int, float]:
   """Top-1 accuracy {k: accuracy} of k-NN classification; test features must fit on device.
 
   Args:
@@ -43,6 +44,7 @@ def knn_accuracy_from_stores(train_store: FeatureStore, test_store: FeatureStore
     metric: 'cosine' (similarity of L2-normalised features) or 'euclidean'.
     train_chunk: train examples compared per step (at least max(ks) are).
     query_batch: test examples compared per step.
+    between_chunks: called after each train chunk (the training loop's stop check).
   """
   if metric not in METRICS:
     raise ValueError(f'metric must be one of {METRICS}, not {metric!r}.')
@@ -58,6 +60,7 @@ def knn_accuracy_from_stores(train_store: FeatureStore, test_store: FeatureStore
     valid = np.arange(train_chunk) < len(y)
     scores, labels = _merge_chunk(scores, labels, queries, np.pad(x, ((0, pad), (0, 0))),
                                   np.pad(y, (0, pad)).astype(np.int32), valid, metric=metric)
+    between_chunks()
   return {k: _vote_accuracy(labels[..., :k], query_labels, num_classes) for k in ks}
 
 

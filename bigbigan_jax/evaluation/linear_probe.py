@@ -7,7 +7,7 @@ train features with the chosen value and scored on the test features.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ def train_and_evaluate(train_store: FeatureStore, test_store: FeatureStore, *,
                        num_classes: int, epochs: int = 30, batch_size: int = 1024,
                        weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
                        holdout_fraction: float = 0.1, learning_rate: float = 1e-3,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, between_epochs: Callable[[], None] = lambda: None) -> dict:
   """Trains a linear classifier on train_store and scores it on test_store.
 
   Args:
@@ -40,13 +40,14 @@ def train_and_evaluate(train_store: FeatureStore, test_store: FeatureStore, *,
       (unused when the grid has a single value).
     learning_rate: peak Adam learning rate, decayed to 0 with a cosine schedule.
     seed: seeds the holdout split and the data order.
+    between_epochs: called after each epoch of each fit (the training loop's stop check).
 
   Returns:
     dict with 'top1' and 'top5' test accuracies, the chosen 'weight_decay' and the
     'holdout_top1' of every grid value (empty when the grid has a single value).
   """
   fit = functools.partial(_fit, num_classes=num_classes, epochs=epochs, batch_size=batch_size,
-                          learning_rate=learning_rate, seed=seed)
+                          learning_rate=learning_rate, seed=seed, between_epochs=between_epochs)
   holdout_top1 = []
   if len(weight_decays) > 1:
     fit_store, holdout_store = train_store.split(holdout_fraction, seed)
@@ -61,7 +62,8 @@ def train_and_evaluate(train_store: FeatureStore, test_store: FeatureStore, *,
 
 
 def _fit(store: FeatureStore, weight_decays: Sequence[float], *, num_classes: int, epochs: int,
-         batch_size: int, learning_rate: float, seed: int) -> dict:
+         batch_size: int, learning_rate: float, seed: int,
+         between_epochs: Callable[[], None]) -> dict:
   """Trains one probe per weight decay together; returns their params and standardisation."""
   batch_size = min(batch_size, len(store))
   total_steps = epochs * (len(store) // batch_size)
@@ -84,6 +86,7 @@ def _fit(store: FeatureStore, weight_decays: Sequence[float], *, num_classes: in
     for x, y in store.batches(batch_size, shuffle=True, seed=int(rng.integers(2**31)),
                               drop_remainder=True):
       params, opt_state = step(params, opt_state, x, y)
+    between_epochs()
   return dict(params=params, mean=mean, inv_std=inv_std)
 
 
