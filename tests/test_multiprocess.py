@@ -50,12 +50,8 @@ STEPS = 6  # Room after the signal: the processes agree on a step one or two aft
 def run_two_processes(workdir, steps, sigterm_at, fail_restore_once=0):
   """Exit codes and stderr of both processes, always cleaned up."""
   port = free_port()
-  # Process 0 compiles each program and process 1 loads it (jax_share_binary_between_hosts),
-  # rather than both compiling the same programs at once on the same cores.
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': xla_flags(2), 'JAX_INITIALIZATION_TIMEOUT': str(RUN_TIMEOUT_S),
-         'JAX_SHARE_BINARY_BETWEEN_HOSTS': 'true',
-         'JAX_SHARE_BINARY_BETWEEN_HOSTS_TIMEOUT_MS': str(RUN_TIMEOUT_S * 1000)}
+         'XLA_FLAGS': xla_flags(2), 'JAX_INITIALIZATION_TIMEOUT': str(RUN_TIMEOUT_S)}
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir), str(steps),
        str(i), str(port), str(sigterm_at), str(fail_restore_once)], env=env, stdout=subprocess.DEVNULL,
