@@ -77,10 +77,9 @@ def test_discriminator_learns_the_pairing_then_encoder_inverts_generator():
   last = lambda key: float(np.mean([m[key] for m in history[-30:]]))
   print(f"last 30 D updates: hinge s_xz {last('d_loss_score_xz'):.2f}, "
         f"s_x {last('d_loss_score_x'):.2f}, s_z {last('d_loss_score_z'):.2f} (2.0 = chance)")
-  # Each term's hinge is 2 at chance. With matching marginals s_x and s_z stayed within 0.06
-  # of it over seeds 0-4 (two machines), while s_xz reached 0.84-1.43 from the pairing alone
-  # (0.85, 1.41, 1.22, 1.04, 1.02 for seeds 0-4 on an AMD EPYC); the margin of 0.4 is several
-  # times the chance-level wobble.
+  # Each term's hinge is 2 at chance. With matching marginals s_x and s_z stayed within 0.02
+  # of it over the 15 runs measured below, while s_xz reached 0.85-1.44 from the pairing alone;
+  # the margin of 0.4 is several times the chance-level wobble.
   chance_level = min(last('d_loss_score_x'), last('d_loss_score_z'))
   assert chance_level > 1.8
   assert last('d_loss_score_xz') < chance_level - 0.4
@@ -102,20 +101,19 @@ def test_discriminator_learns_the_pairing_then_encoder_inverts_generator():
   print(f'corr(E(G(z))_i, z_i) at steps {MEASURED_STEPS}:\n{np.round(corr, 2)}\n'
         f"D's s_xz hinge over the last 50 steps: {pairing_hinge:.2f}")
   assert np.isfinite(float(metrics['eg_loss']))
-  # Two statistics, each averaged over steps and dimensions. Measured with the jitted initial
-  # state (make_initial_state, as training builds it) natively (AVX-512 Xeon), under
+  # Two statistics, each averaged over steps and dimensions. Measured as the test runs (conftest's
+  # four fake CPU devices and LLVM level 0) natively (AVX-512 Xeon), under
   # XLA_FLAGS=--xla_cpu_max_isa=AVX2 and under SSE4_2, seeds 0-4 (PRNGKey(seed) for the
   # networks, default_rng(seed) for the latents; the test runs seed 0), one run each:
   # - E moves towards G's inverse: corr(E(G(z))_i, z_i) averaged over the 4 dimensions and the
-  #   3 measured steps, seeds 0-4: native 0.44 0.30 0.39 0.54 0.30; AVX2 0.42 0.28 0.38 0.55
-  #   0.30; SSE4_2 0.45 0.41 0.43 0.56 0.27 (0.27-0.56; one seed's three ISAs differ by at most
-  #   0.13). With E's updates cut it stays exactly 0 (E's output ignores x); with the E/G loss
-  #   sign flipped (seed 0, measured with the earlier op-by-op initial state) it was -0.05.
-  # - E keeps D from telling the pairs apart: D's s_xz hinge over the last 50 steps was 1.42-1.85
-  #   over all 15 runs; with the sign flipped E helps D and it falls to 0.00.
-  # Phase 1's s_xz hinge was 0.84-1.40 in the same runs, s_x and s_z 1.97-2.04. Those runs had
-  # one CPU device; in pytest (conftest's four fake devices) seed 0 gave corr 0.52, 0.39, 0.40
-  # and hinge 1.74, 1.79, 1.79 (native, AVX2, SSE4_2): the device count moves phase 2's rounding
-  # as an ISA does.
+  #   3 measured steps, seeds 0-4: native and AVX2 (bitwise the same at level 0) 0.44 0.34 0.36
+  #   0.50 0.26; SSE4_2 0.38 0.31 0.37 0.51 0.30 (0.26-0.51; one seed's ISAs differ by at most
+  #   0.06). Broken (seed 0, native): with E's updates cut (e_lr_mult 0) it is 0.00, with the
+  #   E/G loss sign flipped -0.00; the bound fails both.
+  # - E keeps D from telling the pairs apart: D's s_xz hinge over the last 50 steps was 1.48-1.88
+  #   over all 15 runs; with the sign flipped E helps D and it falls to 0.00 (0.76 with E cut).
+  # Phase 1's s_xz hinge was 0.85-1.44 in the same runs, s_x and s_z 1.98-2.02. Halving both
+  # phases was measured too and rejected: seed 1's phase-1 hinge was still 1.81-1.91 after 200
+  # D updates.
   assert corr.mean() > 0.15, corr
-  assert pairing_hinge > 0.8  # The bounds sit far from every measured run and every broken one.
+  assert pairing_hinge > 0.8  # The bounds sit far from every measured run.
