@@ -61,8 +61,9 @@ def wait_limit_s() -> int:
 _BARRIERS = itertools.count()
 
 
-def barrier(name: str) -> None:
-  """Waits until every process gets here (nothing on one process), up to wait_limit_s().
+def barrier(name: str, timeout_s: Optional[int] = None) -> None:
+  """Waits until every process gets here (nothing on one process), up to `timeout_s` (default
+  wait_limit_s()).
 
   A barrier of the coordination service, not a collective on the devices: put one before a
   collective that follows work whose length differs between processes (start-up, restore):
@@ -71,7 +72,7 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
     multihost.get_barrier_sync_fn()(key=f'{name} #{next(_BARRIERS)}',
-                                    timeout_ms=wait_limit_s() * 1000)
+                                    timeout_ms=(timeout_s or wait_limit_s()) * 1000)
 
 
 def detect_cluster() -> Optional[str]:

@@ -54,7 +54,7 @@ def test_feature_shards_round_trip_through_a_remote_directory(bucket):
 def test_evaluator_puts_features_under_a_gs_workdir_and_removes_them(bucket):
   seen = []
 
-  def extract(split, directory, num_examples):
+  def extract(split, directory, num_examples, between_batches):
     seen.append(directory)
     with feature_store.FeatureWriter(directory) as writer:
       writer.append(np.zeros((2, 3)), np.zeros(2))

@@ -11,9 +11,13 @@ import jax
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
+from bigbigan_jax import parallel
 from bigbigan_jax.config_checks import ConfigError
+
+# How long the other processes wait for process 0's first preparation of a dataset (ImageNet's
+# TFDS preparation takes hours on one host).
+PREPARATION_WAIT_S = 24 * 3600
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
@@ -60,7 +64,9 @@ def prepared(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetB
   first = jax.process_index() == 0
   if first:
     builder = _prepare_locked(make)
-  multihost_utils.sync_global_devices('dataset prepared')
+  # Not a device collective (on CPU one gives up after 30 s): a coordination-service barrier
+  # that waits as long as a first preparation of ImageNet can take.
+  parallel.barrier('dataset prepared', timeout_s=PREPARATION_WAIT_S)
   if not first:
     builder = _prepare_locked(make)
   return builder
