@@ -6,9 +6,9 @@ import os
 
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 # XLA's CPU code built at LLVM's optimisation level 0: the same programs, compiled in about a
-# third less time (tests/test_train_step.py alone: 262 s -> 166 s; the whole suite 17.6 -> 15.5
-# min), while a few execution-heavy tests run slower. Rounding then differs as it does between
-# CPUs; the tolerances and the learning test's statistics were measured with it.
+# third less time (tests/test_train_step.py alone: 262 s -> 166 s; the whole suite 17:58 ->
+# 15:29 min), and no slower to run here. Rounding then differs as it does between CPUs; the
+# tolerances and the learning test's statistics were measured with it.
 OPTIMIZATION_FLAG = '--xla_backend_optimization_level'
 
 
