@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from bigbigan_jax import config_checks, parallel
+from bigbigan_jax import config_checks, parallel, run_log
 from bigbigan_jax.evaluation import run_evaluation
 
 FLAGS = flags.FLAGS
@@ -35,6 +35,7 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  run_log.quiet_library_logs(FLAGS.verbosity)
   try:
     parallel.initialize_distributed()
   except ValueError as e:  # Incomplete multi-process settings.

@@ -1,11 +1,9 @@
 """Trains BigBiGAN: python -m bigbigan_jax.main --config=configs/imagenet128.py [--workdir=...]."""
 
-import logging as python_logging
-import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -18,24 +16,6 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 in a mu
 flags.DEFINE_integer('num_processes', None, 'Processes in that run (or $JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', None, "This process's index in it (or $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(['config'])
-
-def quiet_library_logs() -> None:
-  """Keeps other libraries' INFO lines (orbax, TFDS, JAX) out of the console unless
-  --verbosity=1 asks for them; their warnings show without tracebacks. Ours and clu's progress
-  and metric lines stay."""
-  if FLAGS.verbosity > 0:
-    return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO lines (imported later).
-  own = (os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}')
-
-  def keep(record) -> bool:
-    if record.pathname.startswith(own[0]) or own[1] in record.pathname:
-      return True
-    record.exc_info = record.exc_text = None
-    return record.levelno >= python_logging.WARNING  # absl's WARNING is its verbosity, -1.
-
-  logging.get_absl_handler().addFilter(keep)
-
 
 def _config_flag_problem(argv: list[str], error: BaseException) -> str:
   """One sentence for a --config flag that cannot be used."""
@@ -71,8 +51,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  quiet_library_logs()
-  # Imported after flag parsing so that --help and flag errors stay fast.
+  # Imported after flag parsing so that --help and flag errors stay fast; the logs quietened
+  # before TensorFlow is imported.
+  from bigbigan_jax import run_log  # pylint: disable=g-import-not-at-top
+  run_log.quiet_library_logs(FLAGS.verbosity)
   from bigbigan_jax import training_command  # pylint: disable=g-import-not-at-top
   training_command.run(FLAGS.config, FLAGS.workdir,
                        (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))

@@ -9,6 +9,7 @@ line of every config field); config.json holds them in either case.
 
 import contextlib
 import json
+import logging as python_logging
 import os
 import time
 from typing import Any, Mapping
@@ -18,6 +19,24 @@ from absl import logging
 from etils import epath
 
 PROGRESS_EVERY_SECS = 60.0
+
+
+def quiet_library_logs(verbosity: int) -> None:
+  """Keeps other libraries' INFO lines (orbax, TFDS, JAX) out of the console unless
+  `verbosity` (the --verbosity flag) is above 0; their warnings show without tracebacks. Ours
+  and clu's progress and metric lines stay."""
+  if verbosity > 0:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO lines (imported later).
+  own = (os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}')
+
+  def keep(record) -> bool:
+    if record.pathname.startswith(own[0]) or own[1] in record.pathname:
+      return True
+    record.exc_info = record.exc_text = None
+    return record.levelno >= python_logging.WARNING  # absl's WARNING is its verbosity, -1.
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 def writer_and_progress(workdir: epath.Path, num_train_steps: int, log_only: bool):

@@ -34,7 +34,8 @@ import scipy.linalg
 from absl import app, flags, logging
 from etils import epath
 
-from bigbigan_jax import config_checks, data, image_views, in_memory, inference, parallel, run_dir
+from bigbigan_jax import (config_checks, data, image_views, in_memory, inference, parallel, run_dir,
+                          run_log)
 from bigbigan_jax.evaluation import frechet, garment_classifier
 
 FASHION_MNIST_DATASETS = ('fashion_mnist_local', 'fashion_mnist')
@@ -245,6 +246,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  run_log.quiet_library_logs(FLAGS.verbosity)
   try:
     path, metrics = evaluate_run(FLAGS.workdir, step=FLAGS.step, num_samples=FLAGS.num_samples,
                                  num_test_examples=FLAGS.num_test_examples)
