@@ -17,6 +17,7 @@ flags.DEFINE_integer('num_processes', None, 'Processes in that run (or $JAX_NUM_
 flags.DEFINE_integer('process_id', None, "This process's index in it (or $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(['config'])
 
+
 def _config_flag_problem(argv: list[str], error: BaseException) -> str:
   """One sentence for a --config flag that cannot be used."""
   while error.args and isinstance(error.args[0], BaseException):  # ml_collections nests them.

@@ -10,7 +10,6 @@ save fails.
 """
 
 import itertools
-import signal
 import time
 from typing import Any, Optional
 
@@ -22,8 +21,10 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bigbigan_jax import config_checks, data, image_views, parallel, run_dir, run_log, train_step
+from bigbigan_jax import (config_checks, data, image_views, parallel, run_dir, run_log,
+                          stop_requests, train_step)
 from bigbigan_jax.evaluation import grids
+from bigbigan_jax.stop_requests import STOP, Agreement, StopRequests
 
 
 class Stopped(Exception):
@@ -40,81 +41,6 @@ class Interrupted(Stopped):
 
 class Preempted(Stopped):
   """SIGTERM (a preempted host): the checkpoint is saved; main exits with EXIT_PREEMPTED."""
-
-
-class StopRequests:
-  """SIGTERM and the first Ctrl-C, recorded from the moment `install` runs (program start).
-
-  A second Ctrl-C interrupts at once. Processes combine their requests (`Agreement`), so every
-  process stops after the same step. XLA's preemption notifier is not used: it misses a signal
-  that arrives before the first step of a resumed run.
-  """
-  PREEMPTED, USER = 1, 2
-
-  def __init__(self):
-    self.local = 0
-    self.previous = {}
-
-  def install(self) -> None:
-    """Takes SIGTERM and SIGINT; again after jax.distributed.initialize, which takes SIGTERM."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-      if signum == signal.SIGINT and self.local == self.USER:
-        continue  # The next Ctrl-C interrupts at once.
-      previous = signal.signal(signum, self)
-      if previous is not self:
-        self.previous.setdefault(signum, previous)
-
-  def __call__(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT:
-      self.local = self.USER
-      signal.signal(signal.SIGINT, signal.default_int_handler)
-    else:
-      self.local = max(self.local, self.PREEMPTED)
-
-  def uninstall(self) -> None:
-    for signum, handler in self.previous.items():
-      signal.signal(signum, handler)
-    self.previous = {}
-    self.local = 0
-
-
-STOP = StopRequests()
-
-
-class Agreement:
-  """The stop requests of all processes, combined by a small all-reduce each step.
-
-  `lagged()` dispatches the combination of this step's requests and returns the previous
-  step's, so every process reads the same value at the same step and the steps never wait on it.
-  """
-
-  def __init__(self, mesh):
-    self.multi = jax.process_count() > 1
-    self.pending = None
-    if self.multi:
-      self.size = mesh.size
-      self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.AXIS))
-      self.combine = jax.jit(jax.numpy.max, out_shardings=jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec()))
-
-  def _dispatch(self):
-    flags = np.full((self.size,), STOP.local, np.int32)
-    return self.combine(jax.make_array_from_callback((self.size,), self.sharding,
-                                                     lambda index: flags[index]))
-
-  def now(self) -> int:
-    """Waits for every process's request (start-up, before compiling the step)."""
-    if not self.multi:
-      return STOP.local
-    parallel.barrier('stop requests at start-up')
-    return int(np.asarray(self._dispatch().addressable_data(0)))
-
-  def lagged(self) -> int:
-    if not self.multi:
-      return STOP.local
-    previous, self.pending = self.pending, self._dispatch()
-    return 0 if previous is None else int(np.asarray(previous.addressable_data(0)))
 
 
 def _stopped(kind: int, step: int, directory, state, saved: bool = True) -> Stopped:
@@ -222,7 +148,7 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
       if evaluate_fn is not None and config.eval.every_steps and not stopping and (
           step % config.eval.every_steps == 0 or last):
         with progress.timed('eval'):
-          cut_by = _evaluate_unless_stopped(evaluate_fn, state, step, writer, agreement)
+          cut_by = stop_requests.evaluate_unless_stopped(evaluate_fn, state, step, writer, agreement)
         if cut_by:  # The step's checkpoint is saved and the run stops, at the last step too.
           kind, stopping = cut_by, True
       if step % config.checkpoint_every_steps == 0 or last or stopping:
@@ -235,30 +161,6 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
   finally:
     writer.flush()
   return state
-
-
-class _EvaluationStopped(Exception):
-
-  def __init__(self, kind: int):
-    super().__init__(kind)
-    self.kind = kind
-
-
-def _evaluate_unless_stopped(evaluate_fn, state, step: int, writer, agreement: Agreement) -> int:
-  """Runs the evaluation; a stop requested meanwhile ends it between two of its batches, at the
-  same batch on every process, and is returned (0: it ran to the end)."""
-
-  def between_batches():
-    kind = agreement.lagged()
-    if kind:
-      raise _EvaluationStopped(kind)
-
-  try:
-    evaluate_fn(state, step, writer, between_batches)
-  except _EvaluationStopped as e:
-    logging.warning('Evaluation at step %d cut short by a stop request.', step)
-    return e.kind
-  return 0
 
 
 def compile_on_every_process(step_fn, state, batch):

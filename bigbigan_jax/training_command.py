@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 from absl import logging
 
-from bigbigan_jax import config_checks, parallel, run_dir, train
+from bigbigan_jax import config_checks, parallel, run_dir, stop_requests, train
 from bigbigan_jax.evaluation import evaluator
 
 EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C: stopped by the user, do not restart.
@@ -21,11 +21,11 @@ def run(config, workdir: Optional[str], cluster: tuple = (None, None, None)) -> 
   `cluster` is (coordinator address, process count, process id) of a multi-process run, each
   None to take it from the environment.
   """
-  train.STOP.install()
+  stop_requests.STOP.install()
   try:
     _run(config, workdir, cluster)
   finally:
-    train.STOP.uninstall()
+    stop_requests.STOP.uninstall()
 
 
 def _run(config, workdir: Optional[str], cluster: tuple) -> None:
@@ -33,7 +33,7 @@ def _run(config, workdir: Optional[str], cluster: tuple) -> None:
     joined = parallel.initialize_distributed(*cluster)
   except ValueError as e:
     sys.exit(f'error: {e}')
-  train.STOP.install()  # jax.distributed's preemption notifier took SIGTERM.
+  stop_requests.STOP.install()  # jax.distributed's preemption notifier took SIGTERM.
   logging.info('Process %d of %d (%s); %d local and %d global devices.', jax.process_index(),
                jax.process_count(), joined or 'single process', jax.local_device_count(),
                jax.device_count())
