@@ -220,7 +220,6 @@ def test_a_signal_saves_the_step_and_stops(run_copy, monkeypatch, capsys, signum
   assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
-
 def test_a_stop_during_an_evaluation_ends_it_at_the_next_batch(run_copy, monkeypatch):
   eval_batches, pulled, probes = data.eval_batches, [], []
 
@@ -241,6 +240,7 @@ def test_a_stop_during_an_evaluation_ends_it_at_the_next_batch(run_copy, monkeyp
   assert len(pulled) <= 2 + 1 + 2 and not probes
   assert run_dir.checkpoint_steps(run_copy)[-1] == 6
   assert not (run_copy / evaluator.FEATURES_DIR).exists()
+
 
 def _image_folder(root, images_per_class=2):
   for split in ('train', 'test'):
