@@ -187,6 +187,13 @@ def global_array(mesh: Mesh, local: Any, spec: P = STEP_BATCH) -> Any:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of an array sharded on its first axis, in order, each row once: the
+  rows its part of the batch held (global_array)."""
+  shards = {shard.index[0].start or 0: shard.data for shard in x.addressable_shards}
+  return np.concatenate([np.asarray(shards[start]) for start in sorted(shards)])
+
+
 def replicate(mesh: Mesh, tree: Any) -> Any:
   return jax.device_put(tree, NamedSharding(mesh, REPLICATED))
 

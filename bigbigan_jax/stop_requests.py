@@ -1,7 +1,10 @@
 """Stop requests: SIGTERM and Ctrl-C recorded on each process from program start, combined
 across processes so that every process stops at the same point of training or evaluation."""
 
+import itertools
+import json
 import signal
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -107,3 +110,59 @@ def evaluate_unless_stopped(evaluate_fn, state, step: int, writer, agreement: Ag
     logging.warning('Evaluation at step %d cut short by a stop request.', step)
     return e.kind
   return 0
+
+
+_TURNS = itertools.count()
+POLL_MS = 1000  # How often a waiting process looks for process 0's result.
+
+
+def on_process_zero(fn: Callable[[Callable[[], None]], Any], check: Callable[[], None]) -> Any:
+  """`fn(between)` on process 0 only, its JSON-able result returned on every process.
+
+  `fn` calls `between()` between units of its work; on one process that is `check`. With
+  several, the others wait on the coordination service's key-value store (a device collective
+  would give up after 30 s on CPU) and post a stop requested on them meanwhile; process 0 reads
+  the posts at each `between()` and a stop ends `fn` there, on every process as an evaluation
+  stop. An error in `fn` is raised on every process.
+  """
+  if jax.process_count() == 1:
+    return fn(check)
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  client = multihost.get_jax_distributed_client()
+  prefix = f'bigbigan_jax/process_zero/{next(_TURNS)}'
+  if jax.process_index() == 0:
+    return _lead(fn, client, prefix)
+  posted = False
+  while True:
+    try:
+      outcome = json.loads(client.blocking_key_value_get(f'{prefix}/outcome', POLL_MS))
+      break
+    except jax.errors.JaxRuntimeError as e:
+      if 'DEADLINE_EXCEEDED' not in str(e):
+        raise
+    if STOP.local and not posted:
+      client.key_value_set(f'{prefix}/stop/{jax.process_index()}', str(STOP.local))
+      posted = True
+  if 'stopped' in outcome:
+    raise _EvaluationStopped(outcome['stopped'])
+  if 'failed' in outcome:
+    raise RuntimeError(f'Process 0 failed while the others waited for it: {outcome["failed"]}')
+  return outcome['result']
+
+
+def _lead(fn, client, prefix: str) -> Any:
+  def between():
+    kind = max([STOP.local] + [int(v) for _, v in client.key_value_dir_get(f'{prefix}/stop/')])
+    if kind:
+      raise _EvaluationStopped(kind)
+
+  try:
+    result = fn(between)
+  except _EvaluationStopped as e:
+    client.key_value_set(f'{prefix}/outcome', json.dumps({'stopped': e.kind}))
+    raise
+  except BaseException as e:
+    client.key_value_set(f'{prefix}/outcome', json.dumps({'failed': f'{type(e).__name__}: {e}'}))
+    raise
+  client.key_value_set(f'{prefix}/outcome', json.dumps({'result': result}))
+  return result

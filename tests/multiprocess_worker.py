@@ -1,18 +1,21 @@
 """One process of a 2-process x 2-CPU-device training run, for test_multiprocess.py (which
 starts it with XLA_FLAGS giving it 2 CPU devices).
 
-usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT_BATCH [FAIL_RESTORE_ONCE]
+usage: multiprocess_worker.py WORKDIR STEPS PROCESS_ID PORT SIGTERM_AT FAIL_RESTORE_ONCE EVAL_EVERY
 
-Runs training_command.run on mock ImageNet; the process whose id is 1 sends itself SIGTERM
-when its input pipeline yields batch SIGTERM_AT_BATCH (0: never), as a preempted host would
-receive it. prefetch_to_mesh pulls data.prefetch + 1 batches before the step is compiled: batch
-1 arrives during start-up, before the first step; a batch after those once both processes have
-compiled. A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the
-end each process writes its final state's step, a digest of every array and those steps'
-metrics to WORKDIR/state_<id>.npz, and exits with training_command's exit code. With
-FAIL_RESTORE_ONCE=1, process 1's first checkpoint read raises OSError (a transient GCS error).
+Runs training_command.run on mock ImageNet, evaluating every EVAL_EVERY steps (0: never); the
+process whose id is 1 sends itself SIGTERM, as a preempted host would receive it, when its
+input pipeline yields batch SIGTERM_AT (0: never), or with SIGTERM_AT=eval when it writes its
+first batch of test-split features in an evaluation. prefetch_to_mesh pulls data.prefetch + 1
+batches before the step is compiled: batch 1 arrives during start-up, before the first step.
+A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At the end each
+process writes to WORKDIR/state_<id>.npz its final state's step, a digest of every array,
+those steps' metrics, the rows and bytes of the features it wrote, and its evaluation metrics,
+and exits with training_command's exit code. With FAIL_RESTORE_ONCE=1, process 1's first
+checkpoint read raises OSError (a transient GCS error).
 """
 
+import json
 import os
 import signal
 import sys
@@ -24,13 +27,14 @@ from absl import logging
 from conftest import tiny_training_config
 
 from bigbigan_jax import input_pipeline, parallel, run_dir, train, train_step, training_command
+from bigbigan_jax.evaluation import evaluator, feature_store
 
 EXTRA_STEPS = 2
 
 
-def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int,
-        fail_restore_once: int = 0) -> None:
-  final = {}
+def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: str,
+        fail_restore_once: int, eval_every: int) -> None:
+  final, written, evaluations = {}, {'rows': 0, 'bytes': 0}, []
   train_and_evaluate, train_iterator = train.train_and_evaluate, input_pipeline.train_iterator
   restore, reads = run_dir.restore, []
 
@@ -52,12 +56,35 @@ def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int,
 
   def preempted_at(*args, **kwargs):
     for i, batch in enumerate(train_iterator(*args, **kwargs)):
-      if process_id == 1 and i + 1 == sigterm_at:
+      if process_id == 1 and str(i + 1) == sigterm_at:
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
+  append, write_shard, evaluate = (feature_store.FeatureWriter.append,
+                                   feature_store.FeatureWriter._write, evaluator.Evaluator.__call__)
+
+  def append_or_preempt(self, features, labels):
+    if process_id == 1 and sigterm_at == 'eval' and self._directory.name == 'test' and not (
+        self._buffered or self._num_shards):
+      os.kill(os.getpid(), signal.SIGTERM)
+    written['rows'] += len(labels)
+    return append(self, features, labels)
+
+  def counted_write(self, count):
+    write_shard(self, count)
+    for name in ('features', 'labels'):
+      written['bytes'] += os.path.getsize(self._directory / f'{name}_{self._num_shards - 1:05d}.npy')
+
+  def kept_metrics(*args, **kwargs):
+    evaluations.append(evaluate(*args, **kwargs))
+    return evaluations[-1]
+
+  feature_store.FeatureWriter.append, feature_store.FeatureWriter._write = (append_or_preempt,
+                                                                            counted_write)
+  evaluator.Evaluator.__call__ = kept_metrics
   train.train_and_evaluate, input_pipeline.train_iterator = keep_final_state, preempted_at
-  config = tiny_training_config(steps, image_every_steps=1000)  # Grids at the end only.
+  config = tiny_training_config(steps, image_every_steps=1000,  # Grids at the end only.
+                                eval__every_steps=eval_every)
   code = 0
   with tfds.testing.mock_data(num_examples=64):
     try:
@@ -65,11 +92,12 @@ def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: int,
     except SystemExit as e:
       code = e.code
   state, metrics = final['state'], []
-  if not sigterm_at:  # Then also the same global batches as a 1-process x 4-device run.
+  if sigterm_at == '0':  # Then also the same global batches as a 1-process x 4-device run.
     state, metrics = extra_steps(state, config, process_id)
   state = jax.device_get(state)
   np.savez(os.path.join(workdir, f'state_{process_id}.npz'), step=int(state.step),
-           digest=digest(state), metrics=np.asarray(metrics))
+           digest=digest(state), metrics=np.asarray(metrics), rows=written['rows'],
+           bytes=written['bytes'], evaluations=json.dumps(evaluations))
   sys.exit(code)
 
 
@@ -101,4 +129,6 @@ def extra_steps(state, config, process_id: int):
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.INFO)
-  run(sys.argv[1], *map(int, sys.argv[2:]))
+  workdir, steps, process_id, port, sigterm_at, fail_restore_once, eval_every = sys.argv[1:]
+  run(workdir, int(steps), int(process_id), int(port), sigterm_at, int(fail_restore_once),
+      int(eval_every))

@@ -1,12 +1,15 @@
 """Two processes x two CPU devices on 127.0.0.1 through jax.distributed, as a pod slice runs.
 
 One workdir, three launches of the same command: a SIGTERM to one process (a preempted host)
-mid-run makes both save the same step and exit with the preemption code; a SIGTERM during the
-start-up of the resumed run (before its step is compiled) makes both exit with that code, the
-checkpoint kept; the third launch, whose first checkpoint read fails on one process, resumes
-both to the end with identical states, and steps fed the same global batches match one process
-with four devices.
+during an evaluation ends it on both within two feature batches, and both save that step and
+exit with the preemption code; a SIGTERM during the start-up of the resumed run (before its step
+is compiled) makes both exit with that code, the checkpoint kept; the third launch, whose first
+checkpoint read fails on one process, resumes both to the end with identical states and one
+evaluation, each example's features written once in all and the same metrics on both; steps
+fed the same global batches then match one process with four devices.
 """
+
+import json
 
 import os
 import socket
@@ -39,22 +42,25 @@ def free_port() -> int:
 # shutdown wait) once inside the suite, so the processes wait for each other as long as the
 # test waits for them.
 RUN_TIMEOUT_S = 1200
-# The first batch pulled after compilation: prefetch_to_mesh holds data.prefetch (2) batches
-# ahead of the first one before the step is compiled.
-SIGTERM_AFTER_COMPILE = 4
-SIGTERM_AT_START_UP = 1  # The first batch: before the restored state's step is compiled.
+SIGTERM_IN_EVALUATION = 'eval'  # At process 1's first batch of test-split features.
+SIGTERM_AT_START_UP = '1'  # The first batch: before the restored state's step is compiled.
 PREEMPTED = training_command.EXIT_PREEMPTED
-STEPS = 6  # Room after the signal: the processes agree on a step one or two after it.
+STEPS = 6
+EVALUATED = 2  # The first launch evaluates (and stops) at this step.
+MOCK_EXAMPLES = 64  # Per split (train: probe fit and k-NN neighbours; validation: scored).
+# Each process's eval batch is 8 / 2 = 4 examples (default_config.tiny_config).
+ROWS_BEFORE_THE_AGREED_STOP = MOCK_EXAMPLES // 2 + 2 * 4
 
 
-def run_two_processes(workdir, steps, sigterm_at, fail_restore_once=0):
+def run_two_processes(workdir, steps, sigterm_at, fail_restore_once=0, eval_every=0):
   """Exit codes and stderr of both processes, always cleaned up."""
   port = free_port()
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': xla_flags(2), 'JAX_INITIALIZATION_TIMEOUT': str(RUN_TIMEOUT_S)}
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir), str(steps),
-       str(i), str(port), str(sigterm_at), str(fail_restore_once)], env=env, stdout=subprocess.DEVNULL,
+       str(i), str(port), sigterm_at, str(fail_restore_once), str(eval_every)], env=env,
+      stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
   try:
     errors = [p.communicate(timeout=RUN_TIMEOUT_S)[1] for p in procs]
@@ -69,16 +75,31 @@ def final_states(workdir):
   return [int(s['step']) for s in states], [s['digest'] for s in states]
 
 
+def features_written(workdir):
+  """(rows, bytes) of evaluation features each process wrote, and its evaluation metrics."""
+  states = [np.load(workdir / f'state_{i}.npz') for i in range(2)]
+  return ([(int(s['rows']), int(s['bytes'])) for s in states],
+          [json.loads(str(s['evaluations'])) for s in states])
+
+
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_path):
-  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AFTER_COMPILE)
+  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_IN_EVALUATION,
+                                    eval_every=EVALUATED)
   assert codes == [PREEMPTED] * 2, errors[0][-3000:] + errors[1][-3000:]
   steps, digests = final_states(tmp_path)
-  # Both processes stopped after the same step and saved it.
-  assert steps[0] == steps[1] and 2 <= steps[0] < STEPS
-  assert run_dir.checkpoint_steps(tmp_path)[-1] == steps[0]
+  # Both processes cut the evaluation at the same feature batch, saved its step and stopped.
+  assert steps == [EVALUATED] * 2
+  assert run_dir.checkpoint_steps(tmp_path)[-1] == EVALUATED
   np.testing.assert_array_equal(digests[0], digests[1])
+  for log in errors:
+    assert f'Evaluation at step {EVALUATED} cut short by a stop request' in log
   assert 'Stopping at step' in errors[0] and 'Process 0 of 2' in errors[0]
-  saved = steps[0]
+  # The stop reached process 0 by the all-reduce of the second batch check after the signal:
+  # each process wrote its train share and two test batches, and nothing more.
+  rows, evaluations = features_written(tmp_path)
+  assert [r for r, _ in rows] == [ROWS_BEFORE_THE_AGREED_STOP] * 2 and evaluations == [[], []]
+  assert not (tmp_path / 'eval_features').exists()
+  saved = EVALUATED
 
   # A SIGTERM before the resumed run's first step: no step, no hang, the checkpoint kept.
   codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=SIGTERM_AT_START_UP)
@@ -90,7 +111,8 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
 
   # The resume, with process 1's first read failing as a transient storage error would: both
   # processes read again together.
-  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at=0, fail_restore_once=1)
+  codes, errors = run_two_processes(tmp_path, steps=STEPS, sigterm_at='0', fail_restore_once=1,
+                                    eval_every=STEPS)
   assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
   assert f'Restoring checkpoint {saved} failed (attempt 1 of' in errors[1]
   assert errors[0].count(f'Restoring checkpoint at step {saved} from') == 2
@@ -99,6 +121,14 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
   assert steps == [STEPS + extra] * 2
   np.testing.assert_array_equal(digests[0], digests[1])
   assert run_dir.checkpoint_steps(tmp_path)[-1] == STEPS
+  # One evaluation at the last step: each process wrote the features of its half of both
+  # splits, so every example once in all (the same bytes on each), and process 0's probe and
+  # k-NN results reached both.
+  rows, evaluations = features_written(tmp_path)
+  assert [r for r, _ in rows] == [MOCK_EXAMPLES] * 2 and rows[0][1] == rows[1][1] > 0
+  assert len(evaluations[0]) == 1 and evaluations[0] == evaluations[1]
+  assert evaluations[0][0]['num_train_examples'] == MOCK_EXAMPLES
+  assert evaluations[0][0]['num_eval_examples'] == MOCK_EXAMPLES
 
   # The steps after it, fed the same global batches, equal one process with four devices.
   config = tiny_training_config(STEPS)

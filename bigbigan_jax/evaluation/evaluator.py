@@ -3,8 +3,9 @@
 Representation metrics use one E feature, `config.eval.feature` (avepool by default, the
 paper's linear-evaluation feature), for both the linear probe and k-NN. Features of the train
 split (probe fit, weight decay chosen on a held-out slice of it, k-NN neighbours) and of
-`config.data.eval_split` (scored) are streamed to `<workdir>/eval_features/` (local or gs://)
-and deleted afterwards.
+`config.data.eval_split` (scored) are streamed to `<workdir>/eval_features/` (local or gs://),
+each process writing its own share, and deleted afterwards; process 0 alone reads them for the
+probe and k-NN (so the cost does not grow with the process count) and shares the metrics.
 
 The training loop passes a stop check, called between batches, epochs and k-NN chunks: a stop
 requested during an evaluation ends it there (its features are deleted, nothing is written).
@@ -29,7 +30,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 
-from bigbigan_jax import config_checks, data, image_views, inference, parallel
+from bigbigan_jax import config_checks, data, image_views, inference, parallel, stop_requests
 from bigbigan_jax.evaluation import features as features_lib
 from bigbigan_jax.evaluation import feature_store, frechet, grids, inception, knn, linear_probe
 
@@ -87,20 +88,30 @@ class Evaluator:
 
   def _representation(self, tag: str, extract: Extract, check: Check = _no_check
                       ) -> dict[str, float]:
+    """Each process writes its share of the features; process 0 reads them all once for the
+    probe and k-NN while the others wait, and every process returns its metrics."""
     c = self.config
-    directory = self.workdir / FEATURES_DIR / tag / f'process_{jax.process_index()}'
+    root = self.workdir / FEATURES_DIR / tag
+    directory = root / f'process_{jax.process_index()}'
     directory.rmtree(missing_ok=True)  # Left by an interrupted evaluation.
     try:
-      train_features = _timed(f'{c.data.train_split} features', extract, c.data.train_split,
-                              directory / 'train', num_examples=c.eval.num_train_examples,
-                              between_batches=check)
-      test_features = _timed(f'{c.data.eval_split} features', extract, c.data.eval_split,
-                             directory / 'test', num_examples=c.eval.num_eval_examples,
-                             between_batches=check)
-      return _probe_and_knn(train_features, test_features, c, check)
-    finally:
+      _timed(f'{c.data.train_split} features', extract, c.data.train_split, directory / 'train',
+             num_examples=c.eval.num_train_examples, between_batches=check)
+      _timed(f'{c.data.eval_split} features', extract, c.data.eval_split, directory / 'test',
+             num_examples=c.eval.num_eval_examples, between_batches=check)
+      parallel.barrier('evaluation features written')
+      every = [root / f'process_{i}' for i in range(jax.process_count())]
+
+      def probe_and_knn(between):
+        metrics = _probe_and_knn(features_lib.Features.open_all([d / 'train' for d in every]),
+                                 features_lib.Features.open_all([d / 'test' for d in every]), c,
+                                 between)
+        return {name: float(value) for name, value in metrics.items()}
+
+      return stop_requests.on_process_zero(probe_and_knn, check)
+    finally:  # Process 0 has read the others' features once on_process_zero has returned.
       directory.rmtree(missing_ok=True)
-      feature_store.remove_empty_directories(directory.parent, directory.parent.parent)
+      feature_store.remove_empty_directories(root, root.parent)
 
   def _inception_variables(self) -> Optional[dict[str, Any]]:
     if not self.config.eval.num_fid_samples:

@@ -36,6 +36,9 @@ class _Shard:
       return np.asarray(self.features), np.asarray(self.labels)
     return np.asarray(self.features[self.rows]), np.asarray(self.labels[self.rows])
 
+  def load_labels(self) -> np.ndarray:
+    return np.asarray(self.labels if self.rows is None else self.labels[self.rows])
+
   def split(self, rng: np.random.Generator, fraction: float) -> tuple['_Shard', '_Shard']:
     """Splits the rows at random into (rest, about `fraction` of them)."""
     rows = np.arange(len(self.labels)) if self.rows is None else self.rows
@@ -57,13 +60,24 @@ class FeatureStore:
     """Opens the shards a `FeatureWriter` wrote to `directory` (memory-mapped if local)."""
     directory = epath.Path(directory)
     shards = []
-    while (directory / _FEATURES.format(len(shards))).exists():
+    while _has_shards(directory, len(shards)):
       index = len(shards)
       features = _load(directory / _FEATURES.format(index), memory_map=True)
       labels = _load(directory / _LABELS.format(index))
       shards.append(_Shard(features, labels))
     if not shards:
       raise FileNotFoundError(f'No feature shards in {directory}.')
+    return cls(shards)
+
+  @classmethod
+  def open_all(cls, directories: list[epath.PathLike]) -> 'FeatureStore':
+    """The shards of several directories (one per process) as one store, in the order given;
+    a directory without shards (a process whose slice held only padding) adds none."""
+    shards = [shard for directory in directories if _has_shards(directory)
+              for shard in cls.open(directory)._shards]  # pylint: disable=protected-access
+    if not shards:
+      raise FileNotFoundError(f'No feature shards in any of {len(directories)} directories, '
+                              f'such as {directories[0]}.')
     return cls(shards)
 
   @classmethod
@@ -78,6 +92,9 @@ class FeatureStore:
 
   def __len__(self) -> int:
     return sum(len(shard) for shard in self._shards)
+
+  def largest_label(self) -> int:
+    return max(int(shard.load_labels().max(initial=0)) for shard in self._shards)
 
   @property
   def dim(self) -> int:
@@ -150,11 +167,12 @@ class FeatureWriter:
     while self._buffered >= self._shard_size:
       self._write(self._shard_size)
 
-  def close(self) -> FeatureStore:
-    """Writes what is buffered and returns the store of everything written."""
+  def close(self) -> FeatureStore | None:
+    """Writes what is buffered and returns the store of everything written (None if nothing
+    was)."""
     if self._buffered:
       self._write(self._buffered)
-    return FeatureStore.open(self._directory)
+    return FeatureStore.open(self._directory) if self._num_shards else None
 
   def __enter__(self) -> 'FeatureWriter':
     return self
@@ -186,6 +204,10 @@ def remove_empty_directories(*directories: epath.Path) -> None:
     if is_local(directory):
       with contextlib.suppress(OSError):  # Not empty, or already gone.
         os.rmdir(directory)
+
+
+def _has_shards(directory: epath.PathLike, index: int = 0) -> bool:
+  return (epath.Path(directory) / _FEATURES.format(index)).exists()
 
 
 def _load(path: epath.Path, memory_map: bool = False) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Frozen features of a data split (E's, or raw pixels) written to a FeatureWriter directory.
 
-Batches of `eval_iterator` are sharded over the mesh's batch axis; the features come back
-replicated, so every process drops the padded rows and writes the whole split in the same
-order. E runs deterministically: z_mean path (no sampling key), BatchNorm running statistics.
-`between_batches` is called after each batch (the training loop's stop check).
+Batches of `eval_iterator` are sharded over the mesh's batch axis and so are the features:
+each process writes the rows of its own slice of the split (padding dropped) to its own
+directory, so that every example is written once whatever the process count
+(`FeatureStore.open_all` reads them together). E runs deterministically: z_mean path (no
+sampling key), BatchNorm running statistics. `between_batches` is called after each batch (the
+training loop's stop check).
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
 from bigbigan_jax import data, image_views, inference, parallel
@@ -20,9 +23,16 @@ from bigbigan_jax.evaluation.feature_store import FeatureStore, FeatureWriter
 
 @dataclasses.dataclass(frozen=True)
 class Features:
-  """A written split: its FeatureStore and 1 + the largest label in it."""
-  store: FeatureStore
+  """A written split: its FeatureStore (None if this process's slice held only padding) and
+  1 + the largest label in it."""
+  store: FeatureStore | None
   num_classes: int
+
+  @classmethod
+  def open_all(cls, directories: list[epath.Path]) -> 'Features':
+    """The features that several processes wrote, one directory each, in process order."""
+    store = FeatureStore.open_all(directories)
+    return cls(store, store.largest_label() + 1)
 
 
 class FeatureExtractor:
@@ -31,21 +41,22 @@ class FeatureExtractor:
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
     self.config, self.mesh = config, mesh
     self._model = inference.BigBiGAN(config)
-    replicated = NamedSharding(mesh, parallel.REPLICATED)
-    self._encode = jax.jit(self._encode_impl, out_shardings=replicated)
-    self._pixels = jax.jit(self._pixels_impl, out_shardings=replicated)
+    sharded = NamedSharding(mesh, parallel.EVAL_BATCH)
+    self._encode = jax.jit(self._encode_impl, out_shardings=sharded)
+    self._pixels = jax.jit(self._pixels_impl, out_shardings=sharded)
 
   def encoder(self, e_params, e_batch_stats, split: str, directory: str | os.PathLike, *,
               num_examples: int = 0, between_batches: Callable[[], None] = lambda: None
               ) -> Features:
-    """E's features of the first `num_examples` (0: all) of `split`."""
+    """E's features of this process's slice of the first `num_examples` (0: all) of `split`."""
     return self._write(lambda b: self._encode(e_params, e_batch_stats, b), split, directory,
                        num_examples, between_batches)
 
   def raw_pixels(self, split: str, directory: str | os.PathLike, *,
                  num_examples: int = 0, between_batches: Callable[[], None] = lambda: None
                  ) -> Features:
-    """Flattened D-resolution pixels of the first `num_examples` (0: all) of `split`."""
+    """Flattened D-resolution pixels of this process's slice of the first `num_examples` (0: all)
+    of `split`."""
     return self._write(self._pixels, split, directory, num_examples, between_batches)
 
   def _encode_impl(self, e_params, e_batch_stats, batch):
@@ -63,7 +74,7 @@ class FeatureExtractor:
                                                parallel.EVAL_BATCH)
     writer, largest = FeatureWriter(directory), 0
     for batch in device_batches:
-      features, labels, mask = jax.device_get(extract(batch))
+      features, labels, mask = map(parallel.local_rows, extract(batch))
       keep = mask > 0
       writer.append(features[keep], labels[keep])
       largest = max(largest, int(labels[keep].max(initial=0)))
