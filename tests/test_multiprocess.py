@@ -6,7 +6,8 @@ exit with the preemption code; a SIGTERM during the start-up of the resumed run 
 is compiled) makes both exit with that code, the checkpoint kept; the third launch, whose first
 checkpoint read fails on one process, resumes both to the end with identical states and one
 evaluation, each example's features written once in all and the same metrics on both; steps
-fed the same global batches then match one process with four devices.
+fed the same global batches then match one process with four devices. Apart from that run,
+two processes with host-local in-memory caches, only one of them filled, both load the data.
 """
 
 import json
@@ -15,13 +16,16 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
 from conftest import tiny_training_config, xla_flags
 
 import multiprocess_worker
-from bigbigan_jax import parallel, run_dir, train_step, training_command
+from bigbigan_jax import default_config, in_memory, parallel, run_dir, train_step, training_command
+from bigbigan_jax.datasets import idx_files
+from test_input_pipeline import _write_idx as write_idx
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -150,3 +154,52 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(tmp_p
     # carry the strict comparison; this one catches a state that went elsewhere.
     np.testing.assert_allclose(saved['digest'], multiprocess_worker.digest(jax.device_get(state)),
                                rtol=2e-2, atol=2e-3)
+
+
+def test_host_local_in_memory_caches_only_one_filled_load_on_both(tmp_path):
+  """Each process has its own data.cache_dir (a host's local disk); only process 0's holds the
+  cache. Both read the dataset (deciding together), neither waits for the other in vain, and
+  process 1 writes its own copy."""
+  source = tmp_path / 'idx'
+  source.mkdir()
+  labels = np.arange(20) % 10
+  for split in ('train', 't10k'):
+    write_idx(source / f'{split}-images-idx3-ubyte.gz',
+              np.repeat(labels, 28 * 28).reshape(20, 28, 28))
+    write_idx(source / f'{split}-labels-idx1-ubyte.gz', labels)
+  config = lambda i: default_config.tiny_config(data__dataset=in_memory.FASHION_MNIST_LOCAL,
+                                                data__cache_dir=str(tmp_path / f'cache_{i}'))
+  os.environ[idx_files.DIR_ENV_VAR] = str(source)
+  try:
+    images, _ = in_memory.load_split(config(0), 'train')  # Fills process 0's cache only.
+  finally:
+    del os.environ[idx_files.DIR_ENV_VAR]
+  filled = in_memory.cache_path(config(0), 'train')
+  written_at = filled.stat().mtime
+  port = free_port()
+  script = textwrap.dedent(f"""
+      import sys
+      from bigbigan_jax import default_config, in_memory, parallel
+      i = int(sys.argv[1])
+      parallel.initialize_distributed('127.0.0.1:{port}', 2, i)
+      config = default_config.tiny_config(data__dataset='{in_memory.FASHION_MNIST_LOCAL}',
+                                          data__cache_dir='{tmp_path}/cache_' + str(i))
+      images, labels = in_memory.load_split(config, 'train')
+      print('loaded', len(labels), int(images.sum()), int(labels.sum()))
+  """)
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_flags(1),
+         idx_files.DIR_ENV_VAR: str(source), 'JAX_INITIALIZATION_TIMEOUT': '120'}
+  procs = [subprocess.Popen([sys.executable, '-c', script, str(i)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  results = [out.split('loaded')[-1].split() for out, _ in outputs]
+  assert results[0] == results[1] == ['20', str(images.sum()), str(labels.sum())]
+  assert in_memory.cache_path(config(1), 'train').exists()
+  assert filled.stat().mtime == written_at  # Process 0 read the dataset but kept its cache.
