@@ -72,8 +72,9 @@ def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: str,
 
   def counted_write(self, count):
     write_shard(self, count)
+    shard = self._num_shards - 1
     for name in ('features', 'labels'):
-      written['bytes'] += os.path.getsize(self._directory / f'{name}_{self._num_shards - 1:05d}.npy')
+      written['bytes'] += os.path.getsize(self._directory / f'{name}_{shard:05d}.npy')
 
   def kept_metrics(*args, **kwargs):
     evaluations.append(evaluate(*args, **kwargs))
