@@ -79,7 +79,7 @@ def two_processes(monkeypatch):
       except Exception as e:  # pylint: disable=broad-except
         outcomes[index] = e
 
-    threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=process, args=(i,), daemon=True) for i in range(2)]
     for t in threads:
       t.start()
     for t in threads:
