@@ -3,6 +3,7 @@ the persistent compilation cache; one tiny trained run shared by every test that
 run, and the initial states of the tests' configs from one compiled program each."""
 
 import os
+import subprocess
 
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 # XLA's CPU code built at LLVM's optimisation level 0: the same programs, compiled in about a
@@ -35,6 +36,19 @@ jax.config.update('jax_platforms', 'cpu')
 
 
 import pytest  # noqa: E402
+
+
+def run_together(commands: list[list[str]], env: dict[str, str], timeout: float
+                 ) -> list[tuple[int, str, str]]:
+  """Starts every command at once; (exit code, stdout, stderr) of each, none left running."""
+  procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for command in commands]
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
 
 
 def tiny_training_config(steps: int, **overrides):

@@ -14,13 +14,12 @@ import json
 
 import os
 import socket
-import subprocess
 import sys
 import textwrap
 
 import jax
 import numpy as np
-from conftest import tiny_training_config, xla_flags
+from conftest import run_together, tiny_training_config, xla_flags
 
 import multiprocess_worker
 from bigbigan_jax import default_config, in_memory, parallel, run_dir, train_step, training_command
@@ -61,17 +60,11 @@ def run_two_processes(workdir, steps, sigterm_at, fail_restore_once=0, eval_ever
   port = free_port()
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO]), 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': xla_flags(2), 'JAX_INITIALIZATION_TIMEOUT': str(RUN_TIMEOUT_S)}
-  procs = [subprocess.Popen(
-      [sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir), str(steps),
-       str(i), str(port), sigterm_at, str(fail_restore_once), str(eval_every)], env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
-  try:
-    errors = [p.communicate(timeout=RUN_TIMEOUT_S)[1] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  return [p.returncode for p in procs], errors
+  commands = [[sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'), str(workdir),
+               str(steps), str(i), str(port), sigterm_at, str(fail_restore_once), str(eval_every)]
+              for i in range(2)]
+  results = run_together(commands, env, RUN_TIMEOUT_S)
+  return [code for code, _, _ in results], [err for _, _, err in results]
 
 
 def final_states(workdir):
@@ -189,17 +182,10 @@ def test_host_local_in_memory_caches_only_one_filled_load_on_both(tmp_path):
   """)
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_flags(1),
          idx_files.DIR_ENV_VAR: str(source), 'JAX_INITIALIZATION_TIMEOUT': '120'}
-  procs = [subprocess.Popen([sys.executable, '-c', script, str(i)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  try:
-    outputs = [p.communicate(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  results = [out.split('loaded')[-1].split() for out, _ in outputs]
+  outcomes = run_together([[sys.executable, '-c', script, str(i)] for i in range(2)], env, 300)
+  for code, _, err in outcomes:
+    assert code == 0, err[-3000:]
+  results = [out.split('loaded')[-1].split() for _, out, _ in outcomes]
   assert results[0] == results[1] == ['20', str(images.sum()), str(labels.sum())]
   assert in_memory.cache_path(config(1), 'train').exists()
   assert filled.stat().mtime == written_at  # Process 0 read the dataset but kept its cache.

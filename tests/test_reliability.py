@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
-from conftest import tiny_training_config
+from conftest import run_together, tiny_training_config
 from PIL import Image
 
 from bigbigan_jax import data, input_pipeline, parallel, run_dir, training_command
@@ -278,15 +278,8 @@ def test_two_processes_preparing_one_fresh_data_dir_both_succeed(tmp_path):
            f'data__data_dir="{tmp_path / "tfds"}"); '
            'print(input_pipeline.num_examples(c, "train"))')
   env = {**os.environ, idx_files.DIR_ENV_VAR: str(source), 'JAX_PLATFORMS': 'cpu'}
-  procs = [subprocess.Popen([sys.executable, '-c', count], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
-  try:
-    outputs = [p.communicate(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, (out, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-2000:]
+  for code, out, err in run_together([[sys.executable, '-c', count]] * 2, env, 300):
+    assert code == 0, err[-2000:]
     assert out.split()[-1] == '20'  # After TFDS's own lines.
 
 
