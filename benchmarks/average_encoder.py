@@ -59,6 +59,8 @@ def average_and_evaluate(workdir: str, steps: list[int], bn_batches: int) -> tup
 
 def main(argv):
   del argv
+  if not all(s.isdigit() for s in FLAGS.steps):
+    sys.exit(f'error: --steps takes checkpoint steps such as 4000,6000,8000, not {FLAGS.steps}.')
   try:
     path, metrics = average_and_evaluate(FLAGS.workdir, [int(s) for s in FLAGS.steps],
                                          FLAGS.bn_batches)

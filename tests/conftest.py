@@ -2,7 +2,9 @@
 the persistent compilation cache; one tiny trained run shared by every test that needs a finished
 run, and the initial states of the tests' configs from one compiled program each."""
 
+import fcntl
 import os
+import shutil
 import subprocess
 
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
@@ -76,18 +78,32 @@ def train_on_mock_data(config, workdir):
 
 
 @pytest.fixture(scope='session')
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, worker_id):
   """(workdir, final state) of a 4-step tiny run with checkpoints at steps 2 and 4.
 
+  Trained once per test session: the first pytest-xdist worker to ask trains it in the folder
+  all workers share while the others wait, then read its final checkpoint.
   Tests must not change the workdir; copy it first (shutil.copytree) to modify it.
   """
-  workdir = tmp_path_factory.mktemp('tiny_run')
-  cwd = os.getcwd()
-  os.chdir(workdir.parent)
-  try:  # A relative --workdir, as `runs/<config name>` is.
-    return workdir, jax.device_get(train_on_mock_data(tiny_training_config(4), workdir.name))
-  finally:
-    os.chdir(cwd)
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if worker_id != 'master' else base  # The workers' common folder.
+  workdir = root / 'tiny_run'
+  config = tiny_training_config(4)
+  with open(root / 'tiny_run.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if (root / 'tiny_run.done').exists():
+      from bigbigan_jax import parallel, run_dir  # pylint: disable=g-import-not-at-top
+      return workdir, jax.device_get(run_dir.read_checkpoint(
+          run_dir.path(str(workdir)), config.num_train_steps, config, parallel.make_mesh()))
+    shutil.rmtree(workdir, ignore_errors=True)  # What a failed attempt left.
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:  # A relative --workdir, as `runs/<config name>` is.
+      state = jax.device_get(train_on_mock_data(config, workdir.name))
+    finally:
+      os.chdir(cwd)
+    (root / 'tiny_run.done').touch()
+    return workdir, state
 
 
 # Test files by their time in the 2-worker suite on the 2-core machine (seconds, `--durations`
