@@ -53,6 +53,17 @@ def run_together(commands: list[list[str]], env: dict[str, str], timeout: float
   return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
 
 
+def load_benchmark(name: str):
+  """The script benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
+                      f'{name}.py')
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def tiny_training_config(steps: int, **overrides):
   """The tiny config trained on mock ImageNet for `steps` steps, checkpointing every 2;
   `overrides` as in default_config.tiny_config."""

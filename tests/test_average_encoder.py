@@ -1,29 +1,16 @@
 """benchmarks/average_encoder.py: E's weights averaged over checkpoints, its statistics measured."""
 
-import importlib.util
 import json
-import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
-from conftest import initial_state, tiny_training_config
+from conftest import initial_state, load_benchmark, tiny_training_config
 
 from bigbigan_jax import parallel, run_dir
 from bigbigan_jax.evaluation import evaluator
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_average_encoder():
-  spec = importlib.util.spec_from_file_location(
-      'average_encoder', os.path.join(ROOT, 'benchmarks', 'average_encoder.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def two_checkpoints(workdir):
   """A run directory holding the tiny config's initial states of seeds 0 and 1 as steps 2 and 4."""
@@ -47,7 +34,7 @@ def test_the_evaluated_encoder_is_the_mean_of_the_checkpoints(tmp_path, monkeypa
     return {'probe/top1': 0.5, 'knn/cosine_k1': 0.4, 'knn/cosine_k25': 0.3}
 
   monkeypatch.setattr(evaluator.Evaluator, '__call__', scores)
-  average_encoder = load_average_encoder()
+  average_encoder = load_benchmark('average_encoder')
   with tfds.testing.mock_data(num_examples=64):
     path, metrics = average_encoder.average_and_evaluate(str(workdir), [2, 4], bn_batches=2)
     with pytest.raises(run_dir.MissingCheckpoint, match='No checkpoint for step 3'):

@@ -1,6 +1,5 @@
 """The GPU check runs end to end as a CPU dry run at the tiny config and reports its numbers."""
 
-import importlib.util
 import json
 import os
 import re
@@ -8,17 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import xla_flags
+from conftest import load_benchmark, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_gpu_check():
-  spec = importlib.util.spec_from_file_location(
-      'gpu_check', os.path.join(ROOT, 'benchmarks', 'gpu_check.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_gpu_check_dry_run(tmp_path):
@@ -71,7 +62,7 @@ def test_gpu_check_dry_run(tmp_path):
 
 
 def test_runs_past_the_deadline_are_skipped(tmp_path, monkeypatch):
-  gpu_check = load_gpu_check()
+  gpu_check = load_benchmark('gpu_check')
   monkeypatch.setenv('DEADLINE', '20')
   check = gpu_check.Check(str(tmp_path))
   settings = {'runs': [], 'min_run_s': 10, 'config': 'configs/tiny.py', 'batch': 8}
@@ -84,7 +75,7 @@ def test_runs_past_the_deadline_are_skipped(tmp_path, monkeypatch):
 
 def test_model_flops_table_keys():
   """Every run of the GPU check finds its model FLOPs (and remat's) in the committed table."""
-  gpu_check = load_gpu_check()
+  gpu_check = load_benchmark('gpu_check')
   table = gpu_check.load_table()
   for _, overrides in gpu_check.RUNS[''] + gpu_check.RUNS['more']:
     for remat in (False, overrides.get('model.remat', False)):
