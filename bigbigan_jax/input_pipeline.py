@@ -87,6 +87,10 @@ def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
   options.deterministic = True
   options.threading.private_threadpool_size = config.data.tf_threads  # 0: TF's pool, all cores.
   options.threading.max_intra_op_parallelism = 1
+  # Autotuning off: AUTOTUNE maps run as wide as the thread pool (the same images/s in
+  # benchmarks/input_pipeline.py), and deleting an iterator no longer waits for the tuner's
+  # thread to wake (25-31 s at the end of a run of the 2-process test).
+  options.autotune.enabled = False
   return options
 
 
