@@ -2,8 +2,8 @@
 
   python benchmarks/average_encoder.py --workdir=runs/fm_default_long --steps=4000,6000,8000
 
-A cheap look at what an average of E's weights over training (an EMA of E, or stochastic weight
-averaging) would give before building one into the train step: the mean of E's parameters over
+What averaging E's weights over training gives, without training again (the train step's own
+average is the EMA of optim.e_ema_decay): the mean of the trained E's parameters over
 the given checkpoints, E's BatchNorm statistics measured for those weights on `--bn_batches`
 train batches (as `evaluate --init` does for a fresh E), then the run's own evaluation (linear
 probe, k-NN). With one step it scores that checkpoint with re-measured statistics, the control.
@@ -46,8 +46,8 @@ def average_and_evaluate(workdir: str, steps: list[int], bn_batches: int) -> tup
     e_batch_stats = encoder_statistics.measure(config, evaluate.mesh, e_params,
                                                states[-1].e_batch_stats, config.data.train_split,
                                                bn_batches)
-    metrics = evaluate(states[-1].replace(e_params=e_params, e_batch_stats=e_batch_stats),
-                       steps[-1])
+    averaged = states[-1].replace(e_ema_params=e_params, e_ema_batch_stats=e_batch_stats)
+    metrics = evaluate(averaged, steps[-1])
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   metrics['averaged_steps'] = steps

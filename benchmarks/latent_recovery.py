@@ -33,7 +33,8 @@ def latent_recovery(config, model: inference.BigBiGAN, state) -> str:
     if config.encoder.resolution != config.model.resolution:
       r = config.encoder.resolution
       x = jax.image.resize(x, (x.shape[0], r, r, x.shape[-1]), 'linear')
-    z_hat.append(np.asarray(model.encode(state.e_params, state.e_batch_stats, x)['z_mean']))
+    encoded = model.encode(state.e_ema_params, state.e_ema_batch_stats, x)
+    z_hat.append(np.asarray(encoded['z_mean']))
   z, z_hat = np.asarray(z), np.concatenate(z_hat)
   diag = diagonal_correlation(z, z_hat)
   return (f'diag corr mean {diag.mean():.3f} (min {diag.min():.3f}, max {diag.max():.3f}), '

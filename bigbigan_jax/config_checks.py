@@ -78,8 +78,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
             'checkpoint_every_steps', 'keep_checkpoints', 'standing_stats_batches',
             'optim.d_lr', 'optim.g_lr', 'optim.e_lr_mult', 'optim.eps', 'model.sn_eps',
             'model.bn_eps')
-  _fraction(config, 'optim.ema_decay', 'optim.b1', 'optim.b2', 'model.bn_momentum')
-  _non_negative(config, 'optim.ortho_reg', 'optim.ema_start')
+  _fraction(config, 'optim.ema_decay', 'optim.e_ema_decay', 'optim.b1', 'optim.b2',
+            'model.bn_momentum')
+  _non_negative(config, 'optim.ortho_reg', 'optim.ema_start', 'optim.e_ema_start')
   if config.batch_size % num_processes:
     raise ConfigError(f'batch_size={config.batch_size} must divide evenly over the '
                       f'{num_processes} processes.')

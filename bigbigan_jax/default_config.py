@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.ortho_reg = 0.0  # BigGAN modified orthogonal regularisation on G (1e-4 in BigGAN); UNCONFIRMED.
   c.optim.ema_decay = 0.9999  # EMA of G's parameters (TF-Hub variable suffix ema_0.9999).
   c.optim.ema_start = 20_000  # Step before which the EMA copies G exactly (BigGAN-PyTorch).
+  # The E evaluated and exported is an EMA of E's parameters and BN statistics; at decay 0 it
+  # is E itself (the paper's use of one is UNCONFIRMED).
+  c.optim.e_ema_decay = 0.0
+  c.optim.e_ema_start = 0  # Step before which E's EMA copies E exactly.
 
   c.batch_size = 2048  # Global batch of real images (and of prior samples) per update.
   c.num_train_steps = 500_000  # E/G updates (train-step calls).
@@ -130,6 +134,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c.encoder.head_width = 16
   c.optim.ema_start = 0
   c.optim.ema_decay = 0.9
+  c.optim.e_ema_decay = 0.9
   c.optim.d_steps = 1
   c.batch_size = 8
   c.num_train_steps = 4

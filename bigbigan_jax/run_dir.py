@@ -4,9 +4,11 @@ training loop, evaluation and export (none of which needs the loop to read a run
 The newest checkpoint that restores is used; unreadable newer ones are set aside
 (`<step>.unreadable`), never deleted. Nothing non-finite is ever saved, and a failed save stops
 the run with one sentence naming the newest good checkpoint. config.json holds the config a run
-trained with; loading it fills in settings added since at their defaults.
+trained with; loading it fills in settings added since at their defaults, and restoring a
+checkpoint fills in state fields added since (ADDED_FIELDS).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -143,8 +145,32 @@ def initial_state(config: ml_collections.ConfigDict, mesh) -> train_step.TrainSt
   return train_step.make_initial_state(config, mesh)(jax.random.PRNGKey(config.seed))
 
 
+# TrainState fields that checkpoints of older versions lack: each restores as a copy of another.
+ADDED_FIELDS = {'e_ema_params': 'e_params', 'e_ema_batch_stats': 'e_batch_stats'}
+
+
 def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_step.TrainState:
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state(config, mesh)))
+  target = abstract_state(config, mesh)
+  missing = _missing_fields(manager, step)
+  if not missing:
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+  saved = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
+           if f.name not in missing}
+  restored = manager.restore(step, args=ocp.args.StandardRestore(saved))
+  logging.info('Checkpoint %d predates %s; filled in as copies of %s.', step, ', '.join(missing),
+               ', '.join(ADDED_FIELDS[name] for name in missing))
+  return train_step.TrainState(**restored, **{
+      name: jax.tree.map(jnp.copy, restored[ADDED_FIELDS[name]]) for name in missing})
+
+
+def _missing_fields(manager: ocp.CheckpointManager, step: int) -> list[str]:
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(manager.directory) / str(step) / 'default')
+  except UNREADABLE_CHECKPOINT:  # The restore itself reports what is wrong.
+    return []
+  saved = getattr(saved, 'tree', saved)
+  return [name for name in ADDED_FIELDS if name not in saved]
 
 
 # What orbax raises for a checkpoint with missing or damaged files: OSError, ValueError and

@@ -8,7 +8,8 @@ number of devices.
 
 Each update trains only its own networks: the D update changes only D's parameters, optimizer
 state and spectral vectors; the E/G update only those of E and G (and E's BatchNorm statistics
-and G's EMA). The other networks run in training mode (batch statistics) but keep their state.
+and the EMAs of G and E). The other networks run in training mode (batch statistics) but keep
+their state.
 """
 
 import copy
@@ -36,6 +37,8 @@ class TrainState:
   g_ema_params: Any
   e_params: Any
   e_batch_stats: Any
+  e_ema_params: Any  # E evaluated and exported: an EMA of e_params (a copy at e_ema_decay 0).
+  e_ema_batch_stats: Any  # The same EMA of e_batch_stats.
   d_params: Any
   d_spectral: Any
   d_opt_state: Any
@@ -72,6 +75,8 @@ def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
       g_ema_params=jax.tree.map(jnp.copy, g_vars['params']),  # Its own buffers (donation).
       e_params=e_vars['params'],
       e_batch_stats=e_vars['batch_stats'],
+      e_ema_params=jax.tree.map(jnp.copy, e_vars['params']),
+      e_ema_batch_stats=jax.tree.map(jnp.copy, e_vars['batch_stats']),
       d_params=d_vars['params'],
       d_spectral=d_vars['spectral'],
       d_opt_state=d_tx.init(d_vars['params']),
@@ -199,10 +204,13 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
     updates, eg_opt_state = eg_tx.update(grads, state.eg_opt_state, eg_params)
     eg_params = optax.apply_updates(eg_params, updates)
     step = state.step + 1
-    ema = _ema(state.g_ema_params, eg_params['generator'], o.ema_decay, step > o.ema_start)
+    g_ema = _ema(state.g_ema_params, eg_params['generator'], o.ema_decay, step > o.ema_start)
+    e_ema = _ema((state.e_ema_params, state.e_ema_batch_stats),
+                 (eg_params['encoder'], e_batch_stats), o.e_ema_decay, step > o.e_ema_start)
     state = state.replace(
-        step=step, g_params=eg_params['generator'], g_spectral=g_spectral, g_ema_params=ema,
-        e_params=eg_params['encoder'], e_batch_stats=e_batch_stats, eg_opt_state=eg_opt_state)
+        step=step, g_params=eg_params['generator'], g_spectral=g_spectral, g_ema_params=g_ema,
+        e_params=eg_params['encoder'], e_batch_stats=e_batch_stats, e_ema_params=e_ema[0],
+        e_ema_batch_stats=e_ema[1], eg_opt_state=eg_opt_state)
     return state, metrics
 
   def step_fn(state: TrainState, batch: dict[str, jax.Array]):

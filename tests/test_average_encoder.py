@@ -47,12 +47,12 @@ def test_the_evaluated_encoder_is_the_mean_of_the_checkpoints(tmp_path, monkeypa
   assert evaluated['step'] == 4
   jax.tree.map(lambda a, b, mean: np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6,
                                                              atol=1e-8),
-               two.e_params, four.e_params, state.e_params)
+               two.e_params, four.e_params, state.e_ema_params)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(two.e_params),
                                                       jax.tree.leaves(four.e_params)))
   jax.tree.map(np.testing.assert_array_equal, state.g_ema_params, four.g_ema_params)
   # The statistics are measured for the averaged weights, not step 4's running averages.
-  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.e_batch_stats),
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.e_ema_batch_stats),
                                                    jax.tree.leaves(four.e_batch_stats)))
   written = json.loads(open(path).read())
   assert written == metrics and written['averaged_steps'] == [2, 4]

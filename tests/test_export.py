@@ -141,8 +141,8 @@ def reference(run):
         'noise': rng.standard_normal((batch, config.model.z_dim), np.float32),
         'images': images,
         'upsampled': jax.image.resize(images, (batch, e, e, c), 'linear'),
-        'encoded': model.encode(state.e_params, state.e_batch_stats, x_e),
-        'encoded_seed': model.encode(state.e_params, state.e_batch_stats, x_e,
+        'encoded': model.encode(state.e_ema_params, state.e_ema_batch_stats, x_e),
+        'encoded_seed': model.encode(state.e_ema_params, state.e_ema_batch_stats, x_e,
                                      jax.random.PRNGKey(seed)),
         'scores': model.discriminate(state.d_params, state.d_spectral, x_d, z),
     })
@@ -250,7 +250,7 @@ def test_safetensors_round_trip_is_exact_and_run_untouched(run, tmp_path):
 
   expected = {
       'generator': {'params': state.g_ema_params, **standing},
-      'encoder': {'params': state.e_params, 'batch_stats': state.e_batch_stats},
+      'encoder': {'params': state.e_ema_params, 'batch_stats': state.e_ema_batch_stats},
       'discriminator': {'params': state.d_params, 'spectral': state.d_spectral},
   }
   loaded_config, trees = weights.load(out)

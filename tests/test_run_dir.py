@@ -120,6 +120,37 @@ def test_no_restorable_checkpoint_stops_and_renames_nothing(run_copy):
   assert _files(workdir) == before
 
 
+
+def _missing_fields(workdir, step):
+  reader = run_dir.checkpoint_reader(workdir)
+  try:
+    return sorted(run_dir._missing_fields(reader, step))
+  finally:
+    reader.close()
+
+
+def test_a_checkpoint_from_before_the_encoder_ema_restores_with_copies_of_e(tiny_run, tmp_path):
+  workdir, state = tiny_run
+  config = run_dir.load_config(workdir)
+  old = {name: value for name, value in vars(jax.device_get(state)).items()
+         if name not in run_dir.ADDED_FIELDS}
+  old_run = tmp_path / 'old'
+  with ocp.CheckpointManager(old_run / 'checkpoints') as writer:
+    writer.save(4, args=ocp.args.StandardSave(old))
+  assert _missing_fields(old_run, 4) == sorted(run_dir.ADDED_FIELDS)
+  restored = run_dir.read_checkpoint(old_run, 4, config, parallel.make_mesh())
+  pointer = lambda x: x.addressable_shards[0].data.unsafe_buffer_pointer()
+  for name, source in run_dir.ADDED_FIELDS.items():
+    jax.tree.map(np.testing.assert_array_equal, getattr(restored, name), old[source])
+    # Buffers of their own: the step donates the state.
+    jax.tree.map(lambda a, b: pointer(a) != pointer(b) or pytest.fail(f'{name} shares {source}'),
+                 getattr(restored, name), getattr(restored, source))
+  jax.tree.map(np.testing.assert_array_equal, restored.d_params, old['d_params'])
+  # The tiny run's own checkpoints hold an EMA of E that differs from E.
+  assert _missing_fields(workdir, 4) == []
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.e_ema_params),
+                                                      jax.tree.leaves(state.e_params)))
+
 @pytest.fixture
 def manager(tmp_path):
   manager = ocp.CheckpointManager(tmp_path / 'checkpoints')

@@ -57,6 +57,7 @@ def test_finished_run_is_not_trained_again(uninterrupted):
     ('loss__reduction', 'max', "loss.reduction='max' is not supported"),
     ('dtype', 'int8', "dtype='int8' is not supported"),
     ('optim__ema_decay', 1.5, 'optim.ema_decay=1.5 must be in [0, 1)'),
+    ('optim__e_ema_decay', 1.0, 'optim.e_ema_decay=1.0 must be in [0, 1)'),
     ('num_grid_images', 10, 'num_grid_images=10 must be a square number'),
     ('encoder__head_depth', 3, 'encoder.head_depth=3 must be even'),
     ('eval__init_bn_batches', -1, 'eval.init_bn_batches=-1 must be 0 or more'),

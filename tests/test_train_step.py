@@ -97,7 +97,7 @@ def test_each_update_changes_only_its_own_networks():
 
   after_d, _ = d_update(state, *args)
   for field in ('g_params', 'g_spectral', 'g_ema_params', 'e_params', 'e_batch_stats',
-                'eg_opt_state', 'step'):
+                'e_ema_params', 'e_ema_batch_stats', 'eg_opt_state', 'step'):
     assert_trees_equal(getattr(after_d, field), getattr(state, field))
   for field in ('d_params', 'd_spectral', 'd_opt_state'):
     assert_trees_differ(getattr(after_d, field), getattr(state, field))
@@ -106,7 +106,7 @@ def test_each_update_changes_only_its_own_networks():
   for field in ('d_params', 'd_spectral', 'd_opt_state'):
     assert_trees_equal(getattr(after_eg, field), getattr(state, field))
   for field in ('g_params', 'g_spectral', 'g_ema_params', 'e_params', 'e_batch_stats',
-                'eg_opt_state'):
+                'e_ema_params', 'e_ema_batch_stats', 'eg_opt_state'):
     assert_trees_differ(getattr(after_eg, field), getattr(state, field))
   assert int(after_eg.step) == 1
 
@@ -158,15 +158,18 @@ def test_step_is_deterministic():
   assert_trees_differ(first.d_params, third.d_params)
 
 
-def test_ema_follows_generator():
+def test_emas_follow_generator_and_encoder():
   c = config()
   assert c.optim.ema_start == 0 and c.optim.ema_decay == 0.9  # The tiny config's.
+  assert c.optim.e_ema_start == 0 and c.optim.e_ema_decay == 0.9
   state = initial_state(c)
-  before = jax.device_get(state.g_params)  # The step donates the state's buffers.
+  before = jax.device_get(state)  # The step donates the state's buffers.
   new, _ = run_step(c, state, fake_batch(c, updates=c.optim.d_steps + 1), 4)
-  expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, before, new.g_params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               new.g_ema_params, expected)
+  ema = lambda old, now: jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, old, now)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  jax.tree.map(close, new.g_ema_params, ema(before.g_params, new.g_params))
+  jax.tree.map(close, new.e_ema_params, ema(before.e_params, new.e_params))
+  jax.tree.map(close, new.e_ema_batch_stats, ema(before.e_batch_stats, new.e_batch_stats))
 
 
 def test_orthogonal_regularization_is_zero_for_orthogonal_columns():

@@ -24,12 +24,13 @@ Moments = dict[tuple[str, ...], np.ndarray]  # Flattened batch_stats: (..., 'mea
 
 
 def with_measured_statistics(config: ml_collections.ConfigDict, mesh: Mesh, state: Any) -> Any:
-  """`state` with E's BN statistics measured on `eval.init_bn_batches` train batches (0: as is)."""
+  """`state` with the evaluated E's BN statistics (e_ema_batch_stats) measured on
+  `eval.init_bn_batches` train batches (0: as is)."""
   if not config.eval.init_bn_batches:
     return state
-  return state.replace(e_batch_stats=measure(config, mesh, state.e_params, state.e_batch_stats,
-                                             config.data.train_split,
-                                             config.eval.init_bn_batches))
+  return state.replace(e_ema_batch_stats=measure(
+      config, mesh, state.e_ema_params, state.e_ema_batch_stats, config.data.train_split,
+      config.eval.init_bn_batches))
 
 
 def measure(config: ml_collections.ConfigDict, mesh: Mesh, e_params: Any, e_batch_stats: Any,

@@ -70,9 +70,9 @@ class Evaluator:
   def __call__(self, state, step: int, writer: Optional[Any] = None,
                between_batches: Optional[Check] = None) -> dict[str, float]:
     check = between_batches or _no_check
-    metrics = self._representation(
-        str(step), functools.partial(self.extractor.encoder, state.e_params, state.e_batch_stats),
-        check)
+    encoder = functools.partial(self.extractor.encoder, state.e_ema_params,
+                                state.e_ema_batch_stats)
+    metrics = self._representation(str(step), encoder, check)
     standing = self.model.sampling_variables(state)
     if self.inception is not None:
       metrics.update(_timed('FID/IS', self._fid_and_is, state.g_ema_params, standing, check))
@@ -184,9 +184,10 @@ class Evaluator:
                                                       self.config.model.resolution))
     z = jax.random.normal(jax.random.PRNGKey(self.config.seed + 1), (n, z_dim))
     samples = self.model.sample(state.g_ema_params, standing, z)
-    recon = self.model.reconstruct(state.g_ema_params, standing, state.e_params,
-                                   state.e_batch_stats, real_e)
-    z_real = np.asarray(self.model.encode(state.e_params, state.e_batch_stats, real_e)['z_mean'])
+    recon = self.model.reconstruct(state.g_ema_params, standing, state.e_ema_params,
+                                   state.e_ema_batch_stats, real_e)
+    z_real = np.asarray(
+        self.model.encode(state.e_ema_params, state.e_ema_batch_stats, real_e)['z_mean'])
     path = grids.interpolation_grid(z_real[:rows], np.roll(z_real, -rows, axis=0)[:rows], rows)
     interpolations = self.model.sample(state.g_ema_params, standing, path)
     images = {

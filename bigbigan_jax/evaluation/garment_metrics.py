@@ -191,8 +191,8 @@ def run_metrics(workdir, *, step: Optional[int] = None, num_samples: int = 10_00
                                     jax.random.normal(key, (batch_size, config.model.z_dim)))
   sample_features = np.concatenate([classifier.features(sample(k)) for k in keys])[:num_samples]
 
-  reconstruct = lambda x: model.reconstruct(state.g_ema_params, standing, state.e_params,
-                                            state.e_batch_stats, image_views.to_float(x))
+  reconstruct = lambda x: model.reconstruct(state.g_ema_params, standing, state.e_ema_params,
+                                            state.e_ema_batch_stats, image_views.to_float(x))
   recon = reconstruction_agreement(classifier.predict, reconstruct, test_images, test_labels,
                                    real_view=d_view, batch_size=batch_size)
   real_predicted = batched(lambda x: classifier.predict(d_view(x)), test_images, batch_size)

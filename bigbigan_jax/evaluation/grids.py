@@ -82,8 +82,8 @@ class GridWriter:
   def __call__(self, state, step: int) -> None:
     standing = self.model.sampling_variables(state)
     samples = np.asarray(self.model.sample(state.g_ema_params, standing, self.z))
-    recon = np.asarray(self.model.reconstruct(state.g_ema_params, standing, state.e_params,
-                                              state.e_batch_stats, self.real))
+    recon = np.asarray(self.model.reconstruct(state.g_ema_params, standing, state.e_ema_params,
+                                              state.e_ema_batch_stats, self.real))
     real_d = np.asarray(self.real_at_d_resolution())
     grid_s = image_grid(samples)
     grid_r = side_by_side(real_d, recon)

@@ -43,7 +43,7 @@ def from_state(config: ml_collections.ConfigDict, state, step: int) -> Networks:
   return Networks(
       config=config, step=step,
       generator=host({'params': state.g_ema_params, **standing}),
-      encoder=host({'params': state.e_params, 'batch_stats': state.e_batch_stats}),
+      encoder=host({'params': state.e_ema_params, 'batch_stats': state.e_ema_batch_stats}),
       discriminator=host({'params': state.d_params, 'spectral': state.d_spectral}))
 
 
