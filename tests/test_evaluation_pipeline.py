@@ -159,8 +159,30 @@ def test_cli_set_changes_one_eval_setting_and_keeps_other_results(trained):
   assert run_dir.load_config(workdir).eval.feature == 'avepool_feat'  # config.json is untouched.
 
 
+def test_cli_live_encoder_evaluates_e_itself_instead_of_its_ema(trained, monkeypatch):
+  workdir, state, _ = trained
+  seen = {}
+
+  def scores(self, evaluated, step, *args, **kwargs):  # What is evaluated, not how.
+    seen.update(state=jax.device_get(evaluated), step=step)
+    return {'probe/top1': 0.5}
+
+  monkeypatch.setattr(evaluator.Evaluator, '__call__', scores)
+  run_cli(f'--workdir={workdir}', '--live_encoder')
+  step, host = int(state.step), jax.device_get(state)
+  assert json.loads((workdir / f'eval_{step}_live_encoder.json').read_text()) == {'probe/top1': 0.5}
+  assert seen['step'] == step
+  jax.tree.map(np.testing.assert_array_equal, seen['state'].e_ema_params, host.e_params)
+  jax.tree.map(np.testing.assert_array_equal, seen['state'].e_ema_batch_stats, host.e_batch_stats)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(host.e_ema_params),
+                                                      jax.tree.leaves(host.e_params)))
+  run_cli(f'--workdir={workdir}')  # By default the EMA.
+  jax.tree.map(np.testing.assert_array_equal, seen['state'].e_ema_params, host.e_ema_params)
+
+
 @pytest.mark.parametrize('args,message', [
     (['--step=3'], 'No checkpoint for step 3 in '),
+    (['--init', '--live_encoder'], "--live_encoder evaluates a checkpoint's E; pass it without "),
     (['--init', '--raw_pixels'], 'Pass at most one of --step, --init and --raw_pixels.'),
     (['--set=epochs=3'], '--set=epochs=3 must be KEY=VALUE with KEY one of batch_size, '),
     (['--set=probe_epochs=many'], "--set=probe_epochs=many: 'many' is not a valid int for probe_epochs."),

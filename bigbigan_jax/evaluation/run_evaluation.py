@@ -51,11 +51,18 @@ def _state(config, workdir, mesh, step: Optional[int], init: bool):
 
 
 def evaluate_run(workdir, *, step: Optional[int] = None, init: bool = False,
-                 raw_pixels: bool = False, settings: Sequence[str] = ()) -> tuple[epath.Path, dict]:
+                 raw_pixels: bool = False, live_encoder: bool = False,
+                 settings: Sequence[str] = ()) -> tuple[epath.Path, dict]:
   """Evaluates a run's checkpoint (default the newest), its initial state or raw pixels, writes
-  the metrics to `<workdir>/eval_<name>.json` and returns (that path, the metrics)."""
+  the metrics to `<workdir>/eval_<name>.json` and returns (that path, the metrics).
+
+  `live_encoder` evaluates the checkpoint's E itself instead of its EMA (eval_<step>_live_encoder).
+  """
   if init + raw_pixels + (step is not None) > 1:
     raise UsageError('Pass at most one of --step, --init and --raw_pixels.')
+  if live_encoder and (init or raw_pixels):
+    raise UsageError("--live_encoder evaluates a checkpoint's E; pass it without --init and "
+                     '--raw_pixels.')
   workdir = epath.Path(workdir).absolute()  # Orbax restores from absolute paths only.
   config = run_dir.load_config(workdir)
   suffix = _apply_eval_settings(config, settings)
@@ -64,7 +71,11 @@ def evaluate_run(workdir, *, step: Optional[int] = None, init: bool = False,
     name, metrics = 'raw_pixels', evaluate.raw_pixels()
   else:
     step, state = _state(config, workdir, evaluate.mesh, step, init)
-    name, metrics = str(step), evaluate(state, step)
+    name = str(step)
+    if live_encoder:
+      state = state.replace(e_ema_params=state.e_params, e_ema_batch_stats=state.e_batch_stats)
+      name += '_live_encoder'
+    metrics = evaluate(state, step)
   path = workdir / f'eval_{name}{suffix}.json'
   if jax.process_index() == 0:
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + '\n')
