@@ -120,7 +120,6 @@ def test_no_restorable_checkpoint_stops_and_renames_nothing(run_copy):
   assert _files(workdir) == before
 
 
-
 def _missing_fields(workdir, step):
   reader = run_dir.checkpoint_reader(workdir)
   try:
@@ -150,6 +149,7 @@ def test_a_checkpoint_from_before_the_encoder_ema_restores_with_copies_of_e(tiny
   assert _missing_fields(workdir, 4) == []
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.e_ema_params),
                                                       jax.tree.leaves(state.e_params)))
+
 
 @pytest.fixture
 def manager(tmp_path):
