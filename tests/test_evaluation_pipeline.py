@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 from absl.testing import flagsaver
-from conftest import initial_state
+from conftest import assert_trees_differ, assert_trees_equal, initial_state
 
 from bigbigan_jax import config_checks, default_config, evaluate, parallel, run_dir, train
 from bigbigan_jax.evaluation import evaluator, features, run_evaluation
@@ -172,12 +172,11 @@ def test_cli_live_encoder_evaluates_e_itself_instead_of_its_ema(trained, monkeyp
   step, host = int(state.step), jax.device_get(state)
   assert json.loads((workdir / f'eval_{step}_live_encoder.json').read_text()) == {'probe/top1': 0.5}
   assert seen['step'] == step
-  jax.tree.map(np.testing.assert_array_equal, seen['state'].e_ema_params, host.e_params)
-  jax.tree.map(np.testing.assert_array_equal, seen['state'].e_ema_batch_stats, host.e_batch_stats)
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(host.e_ema_params),
-                                                      jax.tree.leaves(host.e_params)))
+  assert_trees_equal(seen['state'].e_ema_params, host.e_params)
+  assert_trees_equal(seen['state'].e_ema_batch_stats, host.e_batch_stats)
+  assert_trees_differ(host.e_ema_params, host.e_params)
   run_cli(f'--workdir={workdir}')  # By default the EMA.
-  jax.tree.map(np.testing.assert_array_equal, seen['state'].e_ema_params, host.e_ema_params)
+  assert_trees_equal(seen['state'].e_ema_params, host.e_ema_params)
 
 
 @pytest.mark.parametrize('args,message', [

@@ -17,6 +17,7 @@ import pytest
 
 from bigbigan_jax import default_config, parallel, run_dir
 from bigbigan_jax.datasets import sources
+from conftest import assert_trees_differ, assert_trees_equal
 from test_reliability import _remove_default_item
 
 
@@ -140,15 +141,14 @@ def test_a_checkpoint_from_before_the_encoder_ema_restores_with_copies_of_e(tiny
   restored = run_dir.read_checkpoint(old_run, 4, config, parallel.make_mesh())
   pointer = lambda x: x.addressable_shards[0].data.unsafe_buffer_pointer()
   for name, source in run_dir.ADDED_FIELDS.items():
-    jax.tree.map(np.testing.assert_array_equal, getattr(restored, name), old[source])
+    assert_trees_equal(getattr(restored, name), old[source])
     # Buffers of their own: the step donates the state.
     jax.tree.map(lambda a, b: pointer(a) != pointer(b) or pytest.fail(f'{name} shares {source}'),
                  getattr(restored, name), getattr(restored, source))
-  jax.tree.map(np.testing.assert_array_equal, restored.d_params, old['d_params'])
+  assert_trees_equal(restored.d_params, old['d_params'])
   # The tiny run's own checkpoints hold an EMA of E that differs from E.
   assert _missing_fields(workdir, 4) == []
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.e_ema_params),
-                                                      jax.tree.leaves(state.e_params)))
+  assert_trees_differ(state.e_ema_params, state.e_params)
 
 
 @pytest.fixture

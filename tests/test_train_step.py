@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import initial_state
+from conftest import assert_trees_differ, assert_trees_equal, initial_state
 
 from bigbigan_jax import default_config, image_views, losses, parallel, train_step
 from bigbigan_jax.models import bigbigan
@@ -34,14 +34,6 @@ def fake_batch(c, seed=0, updates=2):
 def first_views(c, batch):
   """E's and D's float views of the first update's images."""
   return image_views.views(batch['image'][0], c.model.resolution)
-
-
-def assert_trees_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
-def assert_trees_differ(a, b):
-  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 @functools.lru_cache(maxsize=None)
