@@ -1,5 +1,7 @@
 """Tests for image grids."""
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
@@ -9,6 +11,13 @@ from bigbigan_jax.evaluation import grids
 def test_to_uint8_end_points():
   np.testing.assert_array_equal(grids.to_uint8(np.array([-1.0, 0.0, 1.0, -3.0, 2.0])),
                                 [0, 128, 255, 0, 255])
+
+
+def test_to_uint8_draws_non_finite_values_without_a_warning():
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    drawn = grids.to_uint8(np.array([np.nan, np.inf, -np.inf], np.float32))
+  np.testing.assert_array_equal(drawn, [0, 255, 0])
 
 
 def test_image_grid_layout():

@@ -13,8 +13,10 @@ from bigbigan_jax import image_views, inference
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Maps images in [-1, 1] to uint8 in [0, 255] (-1 -> 0, 1 -> 255), clipping."""
-  return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  """Maps images in [-1, 1] to uint8 in [0, 255] (-1 -> 0, 1 -> 255), clipping; NaN (a diverged
+  network's output) is drawn black."""
+  images = np.clip(np.nan_to_num(np.asarray(images, np.float32), nan=-1.0), -1.0, 1.0)
+  return np.rint((images + 1.0) * 127.5).astype(np.uint8)
 
 
 def image_grid(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
