@@ -232,7 +232,8 @@ def _try_restore(manager, step: int, config, mesh):
     # reading without orbax's barriers: a process whose read failed would never reach them.
     me = jax.process_index()
     reader = ocp.CheckpointManager(manager.directory, options=ocp.CheckpointManagerOptions(
-        read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+        read_only=True, save_interval_steps=0, create=False,  # Set as read_only wants: no warning.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me})))
     state, problem, outcome = None, None, _READ
     try:

@@ -21,6 +21,11 @@ from etils import epath
 PROGRESS_EVERY_SECS = 60.0
 
 
+# Library warnings about what this project does on purpose: orbax's note on every restore, whose
+# reader is read-only.
+EXPECTED_WARNINGS = ('Given directory is read only',)
+
+
 def quiet_library_logs(verbosity: int) -> None:
   """Keeps other libraries' INFO lines (orbax, TFDS, JAX) out of the console unless
   `verbosity` (the --verbosity flag) is above 0; their warnings show without tracebacks. Ours
@@ -28,15 +33,20 @@ def quiet_library_logs(verbosity: int) -> None:
   if verbosity > 0:
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO lines (imported later).
-  own = (os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}')
+  logging.get_absl_handler().addFilter(console_filter)
 
-  def keep(record) -> bool:
-    if record.pathname.startswith(own[0]) or own[1] in record.pathname:
-      return True
-    record.exc_info = record.exc_text = None
-    return record.levelno >= python_logging.WARNING  # absl's WARNING is its verbosity, -1.
 
-  logging.get_absl_handler().addFilter(keep)
+def console_filter(record: python_logging.LogRecord) -> bool:
+  """Whether quiet_library_logs lets a log record reach the console."""
+  if record.pathname.startswith(_OWN) or _CLU in record.pathname:
+    return True
+  if record.getMessage().startswith(EXPECTED_WARNINGS):
+    return False
+  record.exc_info = record.exc_text = None
+  return record.levelno >= python_logging.WARNING  # absl's WARNING is its verbosity, -1.
+
+
+_OWN, _CLU = os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}'
 
 
 def writer_and_progress(workdir: epath.Path, num_train_steps: int, log_only: bool):

@@ -3,11 +3,13 @@ TensorFlow); hyperparameters in TensorBoard only, never as a console line."""
 
 import json
 import logging
+import os
 import sys
 
+import orbax.checkpoint as ocp
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from bigbigan_jax import run_log
+from bigbigan_jax import parallel, run_dir, run_log
 
 HPARAMS = {'optim.d_lr': 2e-4, 'model.g_ch': 96, 'name': 'a_marked_run_name'}
 
@@ -57,3 +59,29 @@ def test_without_tensorflow_scalars_go_to_metrics_jsonl_and_hparams_nowhere(
   assert 'loss_d=0.5' in caplog.text and 'a_marked_run_name' not in caplog.text
   lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
   assert [json.loads(line) for line in lines] == [{'step': 1, 'loss_d': 0.5}]
+
+
+def _record(pathname, level, message):
+  return logging.LogRecord('absl', level, pathname, 1, message, None, None)
+
+
+def test_console_keeps_our_lines_and_library_warnings_only():
+  ours = os.path.join(os.path.dirname(run_log.__file__), 'train.py')
+  orbax = os.path.join(os.path.dirname(ocp.__file__), 'checkpoint_manager.py')
+  assert run_log.console_filter(_record(ours, logging.INFO, 'Compiled the train step in 9 s.'))
+  assert not run_log.console_filter(_record(orbax, logging.INFO, 'Saving checkpoint at step 4'))
+  assert run_log.console_filter(_record(orbax, logging.WARNING, 'Checkpoint step 4 is damaged'))
+  # What our own read-only restore makes orbax say each time.
+  for message in run_log.EXPECTED_WARNINGS:
+    assert not run_log.console_filter(_record(orbax, logging.WARNING, f'{message}=/runs/x'))
+
+
+def test_a_restore_makes_orbax_warn_nothing_beyond_the_expected(tiny_run, caplog):
+  workdir, _ = tiny_run
+  config = run_dir.load_config(str(workdir))
+  manager = run_dir.checkpoint_reader(run_dir.path(str(workdir)))
+  with caplog.at_level(logging.WARNING):
+    run_dir.restore_or_init(config, parallel.make_mesh(), manager)
+  manager.close()
+  warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+  assert warnings and all(not run_log.console_filter(r) for r in warnings), caplog.text
