@@ -8,19 +8,27 @@ import shutil
 import subprocess
 
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
-# XLA's CPU code built at LLVM's optimisation level 0: the same programs, compiled in about a
-# third less time (tests/test_train_step.py alone: 262 s -> 166 s; the whole suite 17:58 ->
-# 15:29 min), and no slower to run here. Rounding then differs as it does between CPUs; the
-# tolerances and the learning test's statistics were measured with it.
-OPTIMIZATION_FLAG = '--xla_backend_optimization_level'
+# Flags that make XLA compile the same programs faster, given unless XLA_FLAGS sets them:
+# - LLVM's optimisation level 0: about a third less compile time (tests/test_train_step.py
+#   alone: 262 s -> 166 s; the whole suite 17:58 -> 15:29 min), no slower to run here.
+# - XLA's loop emitters for CPU fusions instead of its newer fusion emitters: the tiny config's
+#   train step compiles in 12-18 s instead of 21-30 s; in fresh clones, alone, the suite's CPU
+#   time fell from 1,813 to 1,335 s (16:21 -> 12:10 min, the same session), the time spent
+#   compiling inside the pytest workers from 907 to 505 s.
+# Rounding then differs as it does between CPUs (natively and under --xla_cpu_max_isa=AVX2 the
+# second flag changes the bits of a step's results, under SSE4_2 not); the tolerances and the
+# learning test's statistics were measured with these flags.
+QUICK_COMPILE_FLAGS = {'--xla_backend_optimization_level': '0',
+                       '--xla_cpu_use_fusion_emitters': 'false'}
 
 
 def xla_flags(device_count: int) -> str:
-  """XLA_FLAGS with `device_count` CPU devices and optimisation level 0, keeping the other flags
-  given, such as --xla_cpu_max_isa=AVX2 (XLA then rounds as a CPU without AVX-512 does)."""
+  """XLA_FLAGS with `device_count` CPU devices and the quick-compile flags, keeping the other
+  flags given, such as --xla_cpu_max_isa=AVX2 (XLA then rounds as a CPU without AVX-512 does)."""
   kept = [f for f in os.environ.get('XLA_FLAGS', '').split() if not f.startswith(DEVICE_COUNT_FLAG)]
-  if not any(f.startswith(OPTIMIZATION_FLAG) for f in kept):
-    kept.append(f'{OPTIMIZATION_FLAG}=0')
+  for flag, value in QUICK_COMPILE_FLAGS.items():
+    if not any(f.startswith(flag + '=') for f in kept):
+      kept.append(f'{flag}={value}')
   return ' '.join([*kept, f'{DEVICE_COUNT_FLAG}={device_count}'])
 
 
