@@ -151,26 +151,45 @@ ADDED_FIELDS = {'e_ema_params': 'e_params', 'e_ema_batch_stats': 'e_batch_stats'
 
 def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_step.TrainState:
   target = abstract_state(config, mesh)
-  missing = _missing_fields(manager, step)
+  saved = _saved_tree(manager, step)
+  _check_shapes(saved, target, step)
+  missing = [name for name in ADDED_FIELDS if saved is not None and name not in saved]
   if not missing:
     return manager.restore(step, args=ocp.args.StandardRestore(target))
-  saved = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
-           if f.name not in missing}
-  restored = manager.restore(step, args=ocp.args.StandardRestore(saved))
+  kept = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
+          if f.name not in missing}
+  restored = manager.restore(step, args=ocp.args.StandardRestore(kept))
   logging.info('Checkpoint %d predates %s; filled in as copies of %s.', step, ', '.join(missing),
                ', '.join(ADDED_FIELDS[name] for name in missing))
   return train_step.TrainState(**restored, **{
       name: jax.tree.map(jnp.copy, restored[ADDED_FIELDS[name]]) for name in missing})
 
 
-def _missing_fields(manager: ocp.CheckpointManager, step: int) -> list[str]:
+def _saved_tree(manager: ocp.CheckpointManager, step: int) -> Optional[dict]:
+  """The checkpoint's tree of array metadata, or None where it cannot be read (the restore
+  itself then reports what is wrong)."""
   try:
     saved = ocp.StandardCheckpointHandler().metadata(
         epath.Path(manager.directory) / str(step) / 'default')
-  except UNREADABLE_CHECKPOINT:  # The restore itself reports what is wrong.
-    return []
-  saved = getattr(saved, 'tree', saved)
-  return [name for name in ADDED_FIELDS if name not in saved]
+  except UNREADABLE_CHECKPOINT:
+    return None
+  return getattr(saved, 'tree', saved)
+
+
+def _check_shapes(saved: Optional[dict], target: Any, step: int) -> None:
+  """A ValueError naming the first array whose saved shape differs from the config's, before
+  orbax starts reading (a restore that fails inside orbax leaves its reads behind)."""
+  if saved is None:
+    return
+  names = lambda tree: {tuple(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
+                              for k in path): leaf
+                        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  expected = names(target)
+  for path, leaf in names(saved).items():
+    shape = tuple(getattr(leaf, 'shape', ()) or ())
+    if path in expected and shape != tuple(expected[path].shape):
+      raise ValueError(f'checkpoint {step} holds {"/".join(path)} of shape {shape}, where this '
+                       f'config makes {tuple(expected[path].shape)}')
 
 
 # What orbax raises for a checkpoint with missing or damaged files: OSError, ValueError and

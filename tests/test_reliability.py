@@ -7,6 +7,7 @@ checkpoints and config.json are intact.
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -117,6 +118,9 @@ def test_resume_with_a_changed_architecture_keeps_the_run(run_copy):
   code, text = run_main(run_copy, model__g_ch=8, allow_changes='model.g_ch')
   assert code == 1
   assert f'No checkpoint in {run_copy}/checkpoints restores' in one_sentence(text)
+  # Found in the checkpoint's metadata, before orbax reads an array.
+  assert re.search(r'checkpoint 4 holds \S*generator\S* of shape \(.*\), where this config '
+                   r'makes \(', text), text
   assert snapshot(run_copy) == before
 
 
