@@ -1,5 +1,6 @@
 """A run's metric writer: scalars on the console and in TensorBoard (or metrics.jsonl without
-TensorFlow); hyperparameters in TensorBoard only, never as a console line."""
+TensorFlow); hyperparameters in TensorBoard only, never as a console line. The console filter:
+our lines and library warnings, no library INFO, no warning we cause on purpose."""
 
 import json
 import logging
