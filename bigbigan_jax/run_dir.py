@@ -153,7 +153,7 @@ def restore(manager: ocp.CheckpointManager, step: int, config, mesh) -> train_st
   target = abstract_state(config, mesh)
   saved = _saved_tree(manager, step)
   _check_shapes(saved, target, step)
-  missing = [name for name in ADDED_FIELDS if saved is not None and name not in saved]
+  missing = _missing_fields(saved)
   if not missing:
     return manager.restore(step, args=ocp.args.StandardRestore(target))
   kept = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
@@ -176,20 +176,24 @@ def _saved_tree(manager: ocp.CheckpointManager, step: int) -> Optional[dict]:
   return getattr(saved, 'tree', saved)
 
 
+def _missing_fields(saved: Optional[dict]) -> list[str]:
+  """The ADDED_FIELDS a checkpoint's metadata tree lacks (none where it could not be read)."""
+  return [name for name in ADDED_FIELDS if saved is not None and name not in saved]
+
+
 def _check_shapes(saved: Optional[dict], target: Any, step: int) -> None:
   """A ValueError naming the first array whose saved shape differs from the config's, before
   orbax starts reading (a restore that fails inside orbax leaves its reads behind)."""
   if saved is None:
     return
-  names = lambda tree: {tuple(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
-                              for k in path): leaf
-                        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  expected = names(target)
-  for path, leaf in names(saved).items():
+  by_path = lambda tree: {jax.tree_util.keystr(path, simple=True, separator='/'): leaf
+                          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  expected = by_path(target)
+  for path, leaf in by_path(saved).items():
     shape = tuple(getattr(leaf, 'shape', ()) or ())
     if path in expected and shape != tuple(expected[path].shape):
-      raise ValueError(f'checkpoint {step} holds {"/".join(path)} of shape {shape}, where this '
-                       f'config makes {tuple(expected[path].shape)}')
+      raise ValueError(f'checkpoint {step} holds {path} of shape {shape}, where this config '
+                       f'makes {tuple(expected[path].shape)}')
 
 
 # What orbax raises for a checkpoint with missing or damaged files: OSError, ValueError and

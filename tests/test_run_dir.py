@@ -124,10 +124,9 @@ def test_no_restorable_checkpoint_stops_and_renames_nothing(run_copy):
 def _missing_fields(workdir, step):
   reader = run_dir.checkpoint_reader(workdir)
   try:
-    saved = run_dir._saved_tree(reader, step)
+    return sorted(run_dir._missing_fields(run_dir._saved_tree(reader, step)))
   finally:
     reader.close()
-  return sorted(name for name in run_dir.ADDED_FIELDS if name not in saved)
 
 
 def test_a_checkpoint_from_before_the_encoder_ema_restores_with_copies_of_e(tiny_run, tmp_path):
