@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging as python_logging
 import os
+import sys
 import time
 from typing import Any, Mapping
 
@@ -32,8 +33,29 @@ def quiet_library_logs(verbosity: int) -> None:
   and clu's progress and metric lines stay."""
   if verbosity > 0:
     return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO lines (imported later).
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO lines after import.
+  _import_tensorflow_without_its_start_up_lines()
   logging.get_absl_handler().addFilter(console_filter)
+
+
+def _import_tensorflow_without_its_start_up_lines() -> None:
+  """Imports TensorFlow, where installed, with the process's stderr sent to /dev/null: its C++
+  libraries print "oneDNN custom operations are on ..." twice at import, with a note on
+  absl::InitializeLog, whatever TF_CPP_MIN_LOG_LEVEL says. An import that fails raises after
+  stderr is back."""
+  if 'tensorflow' in sys.modules:
+    return
+  sys.stderr.flush()
+  kept, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+  except ImportError:
+    pass  # The in-memory path runs without TensorFlow.
+  finally:
+    os.dup2(kept, 2)
+    os.close(kept)
+    os.close(devnull)
 
 
 def console_filter(record: python_logging.LogRecord) -> bool:

@@ -25,11 +25,29 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from conftest import tiny_training_config
+from jax._src import cache_key  # JAX internals, for share_compiled_programs only.
 
 from bigbigan_jax import input_pipeline, parallel, run_dir, train, train_step, training_command
 from bigbigan_jax.evaluation import evaluator, feature_store
 
 EXTRA_STEPS = 2
+
+
+def share_compiled_programs() -> None:
+  """Process 0 compiles each program of both processes and hands it to process 1 (JAX's
+  jax_share_binary_between_hosts), and in later launches both read the cache entries process 0
+  wrote. On CPU, JAX's cache key hashes a topology fingerprint that differs between the
+  processes of one run, so that neither could happen: process 1 compiled every program again
+  in every launch. Here the devices' kinds stand in for that fingerprint; the program's device
+  assignment, which names the devices of both processes, stays in the key. Left off where
+  this JAX lacks those functions: process 1 would otherwise wait for a program under a key
+  process 0 never writes."""
+  if not all(hasattr(cache_key, f) for f in ('_hash_accelerator_config', '_hash_devices')):
+    return
+  cache_key._hash_accelerator_config = cache_key._hash_devices
+  jax.config.update('jax_share_binary_between_hosts', True)
+  jax.config.update('jax_share_binary_between_hosts_timeout_ms',
+                    1000 * parallel.wait_limit_s())
 
 
 def run(workdir: str, steps: int, process_id: int, port: int, sigterm_at: str,
@@ -130,6 +148,7 @@ def extra_steps(state, config, process_id: int):
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.INFO)
+  share_compiled_programs()
   workdir, steps, process_id, port, sigterm_at, fail_restore_once, eval_every = sys.argv[1:]
   run(workdir, int(steps), int(process_id), int(port), sigterm_at, int(fail_restore_once),
       int(eval_every))

@@ -5,6 +5,8 @@ our lines and library warnings, no library INFO, no warning we cause on purpose.
 import json
 import logging
 import os
+import platform
+import subprocess
 import sys
 
 import orbax.checkpoint as ocp
@@ -86,3 +88,17 @@ def test_a_restore_makes_orbax_warn_nothing_beyond_the_expected(tiny_run, caplog
   manager.close()
   warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
   assert warnings and all(not run_log.console_filter(r) for r in warnings), caplog.text
+
+
+def test_tensorflow_starts_without_its_console_lines_and_stderr_still_reaches_the_console():
+  script = ('import sys\nfrom bigbigan_jax import run_log\nrun_log.quiet_library_logs({})\n'
+            'import tensorflow as tf\nprint("after import", file=sys.stderr)\n'
+            'print("imported", tf.__version__)')
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}  # Which, alone, does not silence them.
+  quiet, verbose = [subprocess.run([sys.executable, '-c', script.format(v)], env=env, text=True,
+                                   capture_output=True, check=True) for v in (0, 1)]
+  assert 'imported' in quiet.stdout and 'after import' in quiet.stderr
+  assert 'oneDNN' not in quiet.stderr and 'InitializeLog' not in quiet.stderr, quiet.stderr
+  # --verbosity 1 keeps them (TensorFlow's x86 builds, the ones with oneDNN, print them).
+  assert 'after import' in verbose.stderr
+  assert 'oneDNN' in verbose.stderr or platform.machine() not in ('x86_64', 'AMD64')
