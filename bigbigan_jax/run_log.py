@@ -8,6 +8,7 @@ line of every config field); config.json holds them in either case.
 """
 
 import contextlib
+import importlib
 import json
 import logging as python_logging
 import os
@@ -49,7 +50,7 @@ def _import_tensorflow_without_its_start_up_lines() -> None:
   kept, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+    importlib.import_module('tensorflow')
   except ImportError:
     pass  # The in-memory path runs without TensorFlow.
   finally:
