@@ -12,7 +12,8 @@ A run not sent SIGTERM then takes EXTRA_STEPS more steps on global_batches. At t
 process writes to WORKDIR/state_<id>.npz its final state's step, a digest of every array,
 those steps' metrics, the rows and bytes of the features it wrote, and its evaluation metrics,
 and exits with training_command's exit code. With FAIL_RESTORE_ONCE=1, process 1's first
-checkpoint read raises OSError (a transient GCS error).
+checkpoint read raises OSError (a transient GCS error). Process 0 compiles the programs both
+processes run and hands them to process 1 (share_compiled_programs).
 """
 
 import json
