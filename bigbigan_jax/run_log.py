@@ -29,9 +29,9 @@ EXPECTED_WARNINGS = ('Given directory is read only',)
 
 
 def quiet_library_logs(verbosity: int) -> None:
-  """Keeps other libraries' INFO lines (orbax, TFDS, JAX) out of the console unless
-  `verbosity` (the --verbosity flag) is above 0; their warnings show without tracebacks. Ours
-  and clu's progress and metric lines stay."""
+  """Keeps other libraries' INFO lines (orbax, TFDS, JAX, TensorFlow's at import) out of the
+  console unless `verbosity` (the --verbosity flag) is above 0; their warnings show without
+  tracebacks. Ours and clu's progress and metric lines stay."""
   if verbosity > 0:
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO lines after import.

@@ -1,6 +1,7 @@
 """A run's metric writer: scalars on the console and in TensorBoard (or metrics.jsonl without
 TensorFlow); hyperparameters in TensorBoard only, never as a console line. The console filter:
-our lines and library warnings, no library INFO, no warning we cause on purpose."""
+our lines and library warnings, no library INFO, no warning we cause on purpose; TensorFlow
+imported without the lines its C++ libraries print."""
 
 import json
 import logging
