@@ -178,7 +178,7 @@ def _saved_tree(manager: ocp.CheckpointManager, step: int) -> Optional[dict]:
 
 def _missing_fields(saved: Optional[dict]) -> list[str]:
   """The ADDED_FIELDS a checkpoint's metadata tree lacks (none where it could not be read)."""
-  return [name for name in ADDED_FIELDS if saved is not None and name not in saved]
+  return [] if saved is None else [name for name in ADDED_FIELDS if name not in saved]
 
 
 def _check_shapes(saved: Optional[dict], target: Any, step: int) -> None:

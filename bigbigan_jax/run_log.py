@@ -26,6 +26,8 @@ PROGRESS_EVERY_SECS = 60.0
 # Library warnings about what this project does on purpose: orbax's note on every restore, whose
 # reader is read-only.
 EXPECTED_WARNINGS = ('Given directory is read only',)
+# Where the log lines always kept come from: this package and clu (progress and metrics).
+_OWN, _CLU = os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}'
 
 
 def quiet_library_logs(verbosity: int) -> None:
@@ -67,9 +69,6 @@ def console_filter(record: python_logging.LogRecord) -> bool:
     return False
   record.exc_info = record.exc_text = None
   return record.levelno >= python_logging.WARNING  # absl's WARNING is its verbosity, -1.
-
-
-_OWN, _CLU = os.path.dirname(os.path.abspath(__file__)), f'{os.sep}clu{os.sep}'
 
 
 def writer_and_progress(workdir: epath.Path, num_train_steps: int, log_only: bool):
