@@ -81,3 +81,13 @@ def test_model_flops_table_keys():
     for remat in (False, overrides.get('model.remat', False)):
       key = gpu_check.flops_key('configs/imagenet128.py', 128, {**overrides, 'model.remat': remat})
       assert table[key]['tflop_per_step'] > 40, key
+
+
+def test_the_gpu_learning_run_scores_the_ends_first_then_midpoints():
+  """What an early deadline leaves of the curve: its ends, then ever finer midpoints."""
+  scoring_order = load_benchmark('gpu_learning_run').scoring_order
+  steps = list(range(2000, 22000, 2000))
+  order = scoring_order(steps)
+  assert sorted(order) == steps  # Each checkpoint once.
+  assert order[:5] == [20000, 2000, 10000, 6000, 14000]
+  assert scoring_order([]) == [] and scoring_order([7]) == [7] and scoring_order([3, 7]) == [7, 3]
