@@ -93,7 +93,7 @@ def _write_cache(path: epath.Path, images: np.ndarray, labels: np.ndarray) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     with partial.open('wb') as f:
       np.savez(f, image=images, label=labels)
-    partial.rename(path)
+    partial.replace(path)  # Over a cache another process wrote meanwhile: epath's rename refuses.
     logging.info('Wrote the in-memory cache %s (%.0f MB).', path, images.nbytes / 2**20)
   except OSError as e:
     logging.warning('Could not write the in-memory cache %s: %s', path, e)

@@ -60,6 +60,17 @@ def test_classifier_accuracy_on_test_split_is_above_bound_and_cached(tiny_classi
 
 
 @needs_fashion_mnist
+def test_saving_over_a_classifier_another_process_cached_leaves_one_whole_file(tiny_classifier,
+                                                                              tmp_path):
+  _, classifier = tiny_classifier
+  path = tmp_path / 'classifier.npz'
+  garment_classifier.save(path, classifier)
+  garment_classifier.save(path, classifier)  # A second process that trained it meanwhile.
+  assert [p.name for p in tmp_path.iterdir()] == ['classifier.npz']
+  assert garment_classifier.load(path).test_accuracy == classifier.test_accuracy
+
+
+@needs_fashion_mnist
 def test_identity_reconstruction_agrees_always_and_shuffled_pairing_at_chance(tiny_classifier,
                                                                             test_split):
   classifier = tiny_classifier[1]

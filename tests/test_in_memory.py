@@ -11,6 +11,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 import bigbigan_jax
 from bigbigan_jax import config_checks, default_config, in_memory, input_pipeline, parallel
@@ -149,6 +150,17 @@ def test_the_cache_is_read_without_the_source_and_a_bad_one_is_named(config, mon
   with pytest.raises(config_checks.ConfigError, match='cannot be read.*delete it'):
     in_memory.load_split(config, 'train')
   assert path.exists()  # Nothing deleted behind the user's back.
+
+
+def test_a_cache_written_over_another_process_cache_is_replaced_quietly(tmp_path, monkeypatch):
+  warnings = []
+  monkeypatch.setattr(in_memory.logging, 'warning', lambda *args: warnings.append(args))
+  path = epath.Path(tmp_path) / 'split.npz'
+  images, labels = np.zeros((2, 28, 28, 1), np.uint8), np.arange(2)
+  in_memory._write_cache(path, images, labels)
+  in_memory._write_cache(path, images + 1, labels)  # Another process wrote it meanwhile.
+  assert not warnings and [p.name for p in tmp_path.iterdir()] == ['split.npz']
+  np.testing.assert_array_equal(in_memory._read_cache(path)[0], images + 1)
 
 
 def test_processes_decide_together_whether_to_read_the_cache(config, monkeypatch):

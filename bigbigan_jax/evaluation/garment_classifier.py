@@ -150,10 +150,16 @@ def save(path: str | os.PathLike, classifier: GarmentClassifier) -> None:
   arrays = {f'params/{k}': np.asarray(v) for k, v in
             traverse_util.flatten_dict(classifier.params, sep='/').items()}
   partial = path.parent / f'{path.name}.partial-{os.getpid()}'
-  with partial.open('wb') as f:
-    np.savez(f, settings=json.dumps(dataclasses.asdict(classifier.settings)),
-             test_accuracy=classifier.test_accuracy, **arrays)
-  partial.rename(path)
+  try:
+    with partial.open('wb') as f:
+      np.savez(f, settings=json.dumps(dataclasses.asdict(classifier.settings)),
+               test_accuracy=classifier.test_accuracy, **arrays)
+    # Replaces what another process trained at the same time (the same classifier): epath's
+    # rename refuses an existing file.
+    partial.replace(path)
+  finally:
+    if partial.exists():
+      partial.unlink()
 
 
 def load(path: str | os.PathLike) -> GarmentClassifier:
