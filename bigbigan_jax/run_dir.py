@@ -2,10 +2,11 @@
 training loop, evaluation and export (none of which needs the loop to read a run).
 
 The newest checkpoint that restores is used; unreadable newer ones are set aside
-(`<step>.unreadable`), never deleted. Nothing non-finite is ever saved, and a failed save stops
-the run with one sentence naming the newest good checkpoint. config.json holds the config a run
-trained with; loading it fills in settings added since at their defaults, and restoring a
-checkpoint fills in state fields added since (ADDED_FIELDS).
+(`<step>.unreadable`; `-2` and on for a step set aside again), never deleted. Nothing
+non-finite is ever saved, and a failed save stops the run with one sentence naming the newest
+good checkpoint. config.json holds the config a run trained with; loading it fills in
+settings added since at their defaults, and restoring a checkpoint fills in state fields added
+since (ADDED_FIELDS).
 """
 
 import dataclasses
@@ -287,8 +288,12 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
   if jax.process_index() == 0:
     for step in steps:
       step_dir = epath.Path(manager.directory) / str(step)
-      step_dir.rename(step_dir.parent / f'{step}.unreadable')
-      logging.warning('Renamed the unreadable checkpoint %s to %s.unreadable.', step_dir, step)
+      aside, copies = step_dir.parent / f'{step}.unreadable', 1
+      while aside.exists():  # This step was set aside before and trained again since.
+        copies += 1
+        aside = step_dir.parent / f'{step}.unreadable-{copies}'
+      step_dir.rename(aside)
+      logging.warning('Renamed the unreadable checkpoint %s to %s.', step_dir, aside.name)
   parallel.barrier('checkpoints set aside')
   manager.reload()
 

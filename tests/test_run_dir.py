@@ -70,6 +70,21 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_restored(ru
   assert run_dir.checkpoint_steps(workdir) == [2]
 
 
+def test_a_step_set_aside_a_second_time_keeps_both_copies(run_copy):
+  workdir, config = run_copy
+  earlier = workdir / 'checkpoints' / '4.unreadable'
+  shutil.copytree(workdir / 'checkpoints' / '4', earlier)  # Set aside before, trained again since.
+  _remove_default_item(workdir / 'checkpoints' / '4')
+  damaged, kept = _files(workdir / 'checkpoints' / '4'), _files(earlier)
+  manager = run_dir.checkpoint_manager(workdir, config)
+  try:
+    assert int(run_dir.restore_or_init(config, parallel.make_mesh(), manager).step) == 2
+  finally:
+    manager.close()
+  assert _files(earlier) == kept
+  assert _files(workdir / 'checkpoints' / '4.unreadable-2') == damaged
+
+
 def test_a_transient_read_error_is_retried_and_the_newest_checkpoint_kept(run_copy, monkeypatch):
   workdir, config = run_copy
   restore, calls = run_dir.restore, []
