@@ -64,7 +64,7 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
                           f'needs TensorFlow ({e}); copy the file from a machine that has it.'
                           ) from None
       images, labels = input_pipeline.decoded_split(config, split)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not path.exists():  # Kept where only another host lacks it.
       _write_cache(path, images, labels)
     parallel.barrier('in-memory cache written')
     if jax.process_index() > 0 and not path.exists():  # A cache_dir of this host's own.
