@@ -14,8 +14,8 @@
 
 Files in $OUT: gpu_learning_run.json (settings, steps/s, rows), train.log, and the last
 step's sample and reconstruction grids. The dry run on CPU (a few steps, a small probe):
-  OUT=/tmp/glr TRAIN_S=150 EVERY=20 EVAL_SET=num_train_examples=2000 GARMENT_SAMPLES=500 \
-      PYTHON=.venv/bin/python bash benchmarks/gpu_learning_run.sh
+  OUT=/tmp/glr TRAIN_S=300 EVERY=10 STEPS=30 EVAL_SET=num_train_examples=2000 \
+      GARMENT_SAMPLES=500 DEADLINE=1500 PYTHON=.venv/bin/python bash benchmarks/gpu_learning_run.sh
 Settings (environment): OUT, TRAIN_S (300), EVERY (2000), STEPS (the most the run may take,
 200000), DEADLINE (540), EVAL_SET (comma-separated `evaluate --set` values), GARMENT_SAMPLES
 (10000), DATA (.gpu_data), WORKDIR (/tmp/gpu_learning_run).

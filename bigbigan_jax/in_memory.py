@@ -24,7 +24,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
-from bigbigan_jax import parallel
+from bigbigan_jax import npz_files, parallel
 from bigbigan_jax.config_checks import ConfigError
 from bigbigan_jax.datasets import idx_files
 
@@ -88,17 +88,11 @@ def _read_cache(path: epath.Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _write_cache(path: epath.Path, images: np.ndarray, labels: np.ndarray) -> None:
   """Writes the cache whole or not at all; a cache that cannot be written only costs a re-read."""
-  partial = path.parent / f'{path.name}.partial-{os.getpid()}'
   try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with partial.open('wb') as f:
-      np.savez(f, image=images, label=labels)
-    partial.replace(path)  # Over a cache another process wrote meanwhile: epath's rename refuses.
+    npz_files.write_whole(path, image=images, label=labels)
     logging.info('Wrote the in-memory cache %s (%.0f MB).', path, images.nbytes / 2**20)
   except OSError as e:
     logging.warning('Could not write the in-memory cache %s: %s', path, e)
-    if partial.exists():
-      partial.unlink()
 
 
 def _with_channels(images: np.ndarray, channels: int, path: epath.Path) -> np.ndarray:

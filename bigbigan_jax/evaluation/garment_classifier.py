@@ -21,6 +21,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from bigbigan_jax import npz_files
 from bigbigan_jax.datasets import idx_files
 
 RESOLUTION = 28
@@ -145,21 +146,11 @@ def train(images: np.ndarray, labels: np.ndarray, settings: Settings = Settings(
 
 def save(path: str | os.PathLike, classifier: GarmentClassifier) -> None:
   """Writes the parameters, settings and test accuracy to an .npz, whole or not at all."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   arrays = {f'params/{k}': np.asarray(v) for k, v in
             traverse_util.flatten_dict(classifier.params, sep='/').items()}
-  partial = path.parent / f'{path.name}.partial-{os.getpid()}'
-  try:
-    with partial.open('wb') as f:
-      np.savez(f, settings=json.dumps(dataclasses.asdict(classifier.settings)),
-               test_accuracy=classifier.test_accuracy, **arrays)
-    # Replaces what another process trained at the same time (the same classifier): epath's
-    # rename refuses an existing file.
-    partial.replace(path)
-  finally:
-    if partial.exists():
-      partial.unlink()
+  npz_files.write_whole(epath.Path(path),
+                        settings=json.dumps(dataclasses.asdict(classifier.settings)),
+                        test_accuracy=classifier.test_accuracy, **arrays)
 
 
 def load(path: str | os.PathLike) -> GarmentClassifier:
