@@ -5,7 +5,7 @@ import math
 
 import ml_collections
 
-from bigbigan_jax import losses, parallel
+from bigbigan_jax import d_augment, losses, parallel
 from bigbigan_jax.models import bigbigan
 
 EVAL_FEATURES = ('avepool_feat', 'bn_crelu_feat')
@@ -69,6 +69,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   try:
     parallel.check_global_batch(config.batch_size, num_devices)
     losses.active_terms(config.loss.use_sx, config.loss.use_sz)
+    d_augment.parse(config.loss.d_augment)
     if config.loss.reduction not in losses.REDUCTIONS:
       raise ValueError(f'loss.reduction={config.loss.reduction!r} is not supported; '
                        f'use one of {losses.REDUCTIONS}.')

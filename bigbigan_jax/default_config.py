@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.reduction = 'sum'  # 'sum' of the three score terms (paper) or 'mean' (official demo, 1/3).
   c.loss.use_sx = True  # Keep the unary s_x term (False = z Unary Only ablation).
   c.loss.use_sz = True  # Keep the unary s_z term (False = x Unary Only ablation).
+  # Differentiable augmentation of D's image inputs, real and generated alike ('translation',
+  # 'cutout' or both, comma-separated; '' = none as in the paper). See d_augment.py.
+  c.loss.d_augment = ''
 
   c.optim = ml_collections.ConfigDict()
   c.optim.d_lr = 2e-4  # D learning rate (BigGAN); UNCONFIRMED for BigBiGAN.

@@ -23,7 +23,7 @@ import ml_collections
 import optax
 from jax import lax
 
-from bigbigan_jax import image_views, losses, parallel
+from bigbigan_jax import d_augment, image_views, losses, parallel
 from bigbigan_jax.models import bigbigan
 
 AXIS = parallel.AXIS
@@ -137,10 +137,25 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
                                  reduction=config.loss.reduction)
   global_batch, local_batch = config.batch_size, config.batch_size // num_devices
   z_dim, o = config.model.z_dim, config.optim
+  augmentations = d_augment.parse(config.loss.d_augment)
+
+  def local_slice(draw):
+    return lax.dynamic_slice_in_dim(draw, lax.axis_index(AXIS) * local_batch, local_batch)
 
   def local_normal(key):
-    draw = jax.random.normal(key, (global_batch, z_dim), jnp.float32)
-    return lax.dynamic_slice_in_dim(draw, lax.axis_index(AXIS) * local_batch, local_batch)
+    return local_slice(jax.random.normal(key, (global_batch, z_dim), jnp.float32))
+
+  def augment_for_d(x, key):
+    """D's view of x under `loss.d_augment`; drawn for the global batch, like the latents."""
+    draws = d_augment.draw(key, global_batch, config.model.resolution, augmentations)
+    return d_augment.apply(x, jax.tree.map(local_slice, draws))
+
+  def split_key(key):
+    """(latents, E's noise, real images' augmentation, fake images'); the last two None when
+    D's inputs are not augmented (so that turning it off leaves the other draws as they were)."""
+    if not augmentations:
+      return (*jax.random.split(key), None, None)
+    return tuple(jax.random.split(key, 4))
 
   def encode(e_params, e_batch_stats, x, key):
     out, new_vars = e.apply({'params': e_params, 'batch_stats': e_batch_stats}, x, train=True,
@@ -155,10 +170,12 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
   def d_update(state, carry, inputs):
     d_params, d_spectral, d_opt_state = carry
     x_e, x_d, key = inputs
-    k_z, k_noise = jax.random.split(key)
+    k_z, k_noise, k_real, k_fake = split_key(key)
     z = local_normal(k_z)
     z_hat = encode(state.e_params, state.e_batch_stats, x_e, k_noise)[0]['z_sample']
     x_fake = generate(state.g_params, state.g_spectral, z, update_sn=False)[0]
+    if augmentations:
+      x_d, x_fake = augment_for_d(x_d, k_real), augment_for_d(x_fake, k_fake)
     x_pair, z_pair = jnp.concatenate([x_d, x_fake]), jnp.concatenate([z_hat, z])
 
     def loss(params):
@@ -177,8 +194,10 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
     return (d_params, d_spectral, d_opt_state), metrics
 
   def eg_update(state, x_e, x_d, key):
-    k_z, k_noise = jax.random.split(key)
+    k_z, k_noise, k_real, k_fake = split_key(key)
     z = local_normal(k_z)
+    if augmentations:
+      x_d = augment_for_d(x_d, k_real)
     d_vars = {'params': state.d_params, 'spectral': state.d_spectral}
     # Nothing upstream of the real images is trained, so F(x_d) stays out of the backward pass.
     f_real = d.apply(d_vars, x_d, train=False, method='features')
@@ -186,6 +205,8 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
     def loss(eg_params):
       enc, e_batch_stats = encode(eg_params['encoder'], state.e_batch_stats, x_e, k_noise)
       x_fake, g_spectral = generate(eg_params['generator'], state.g_spectral, z, update_sn=True)
+      if augmentations:
+        x_fake = augment_for_d(x_fake, k_fake)
       f_fake = d.apply(d_vars, x_fake, train=False, method='features')
       scores = d.apply(d_vars, jnp.concatenate([f_real, f_fake]),
                        jnp.concatenate([enc['z_sample'], z]), train=False, method='scores')

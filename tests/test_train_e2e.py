@@ -55,6 +55,7 @@ def test_finished_run_is_not_trained_again(uninterrupted):
     ('num_train_steps', 0, 'num_train_steps=0 must be positive'),
     ('optim__d_steps', 0, 'optim.d_steps=0 must be positive'),
     ('loss__reduction', 'max', "loss.reduction='max' is not supported"),
+    ('loss__d_augment', 'translation,flip', "loss.d_augment names 'flip'"),
     ('dtype', 'int8', "dtype='int8' is not supported"),
     ('optim__ema_decay', 1.5, 'optim.ema_decay=1.5 must be in [0, 1)'),
     ('optim__e_ema_decay', 1.0, 'optim.e_ema_decay=1.0 must be in [0, 1)'),

@@ -14,8 +14,9 @@ from bigbigan_jax.models import bigbigan
 GLOBAL_BATCH = 16
 
 
-def config():
-  """The tests' one step config, so that the suite compiles its step once.
+def config(d_augment=''):
+  """The tests' one step config, so that the suite compiles its step once (twice with D's
+  input augmentation).
 
   Conv biases in front of BatchNorm have a true gradient of 0, so their computed gradient is
   rounding noise, which Adam's first step (b1 = 0) would turn into full +-lr steps. A larger eps
@@ -23,7 +24,8 @@ def config():
   compare gradients.
   """
   return default_config.tiny_config(batch_size=GLOBAL_BATCH, optim__d_steps=1,
-                                    optim__ortho_reg=1e-4, optim__eps=1e-3)
+                                    optim__ortho_reg=1e-4, optim__eps=1e-3,
+                                    loss__d_augment=d_augment)
 
 
 def fake_batch(c, seed=0, updates=2):
@@ -103,9 +105,10 @@ def test_each_update_changes_only_its_own_networks():
   assert int(after_eg.step) == 1
 
 
-def test_four_devices_match_one_device():
+@pytest.mark.parametrize('d_augment', ['', 'translation,cutout'])
+def test_four_devices_match_one_device(d_augment):
   assert jax.device_count() >= 4, 'tests/conftest.py asks for 4 CPU devices'
-  c = config()
+  c = config(d_augment)
   batch = fake_batch(c)
   init = lambda: initial_state(c)
   one, metrics_one = run_step(c, init(), batch, 1)
@@ -115,6 +118,11 @@ def test_four_devices_match_one_device():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), metrics_one, metrics_four)
   # E's BatchNorm running statistics moved towards the statistics of the whole global batch.
   assert_trees_differ(one.e_batch_stats, init().e_batch_stats)
+  if d_augment:  # D scored other images than without augmentation; E and its noise the same.
+    plain, metrics_plain = run_step(config(), init(), batch, 4)
+    assert_trees_differ(four.d_params, plain.d_params)
+    assert metrics_four['real_score_x'] != metrics_plain['real_score_x']
+    assert metrics_four['encoder_stdev'] == metrics_plain['encoder_stdev']
 
 
 def test_global_batch_statistics_in_generator_batchnorm():
