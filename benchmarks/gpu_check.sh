@@ -35,15 +35,8 @@ if [[ "${1:-}" == fetch ]]; then
     --platform manylinux_2_17_x86_64 -d "$WHEELS" 'ml_collections>=1.0' 'PyYAML>=6'
 fi
 
-shopt -s nullglob
-path=$PWD
-for wheel in "$PWD/$WHEELS"/*.whl; do path+=":$wheel"; done
-export PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}"
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
+# shellcheck source=benchmarks/gpu_wheels.sh
+source benchmarks/gpu_wheels.sh 'bash benchmarks/gpu_check.sh fetch'
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-export PYTHONUNBUFFERED=1 PYTHON
-"$PYTHON" -c 'import ml_collections' || {
-  echo "ml_collections is missing: run 'bash benchmarks/gpu_check.sh fetch' first and carry .wheels." >&2
-  exit 1
-}
+export PYTHON
 exec "$PYTHON" -u benchmarks/gpu_check.py "$@"

@@ -28,14 +28,7 @@ print(f'{sys.argv[1]}: Fashion-MNIST caches and the garment classifier ready to 
 PY
 fi
 
-shopt -s nullglob
-path=$PWD
-for wheel in "$PWD"/.wheels/*.whl; do path+=":$wheel"; done
-export PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}"
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
-export PYTHONUNBUFFERED=1 DATA
-"$PYTHON" -c 'import ml_collections' || {
-  echo "ml_collections is missing: run 'bash benchmarks/gpu_learning_run.sh prepare' and carry .wheels." >&2
-  exit 1
-}
+# shellcheck source=benchmarks/gpu_wheels.sh
+source benchmarks/gpu_wheels.sh 'bash benchmarks/gpu_learning_run.sh prepare'
+export DATA
 exec "$PYTHON" -u benchmarks/gpu_learning_run.py
