@@ -9,7 +9,7 @@ number of devices.
 Each update trains only its own networks: the D update changes only D's parameters, optimizer
 state and spectral vectors; the E/G update only those of E and G (and E's BatchNorm statistics
 and the EMAs of G and E). The other networks run in training mode (batch statistics) but keep
-their state.
+their state. With `loss.d_augment`, D scores augmented real and generated images (d_augment.py).
 """
 
 import copy
@@ -147,6 +147,8 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
 
   def augment_for_d(x, key):
     """D's view of x under `loss.d_augment`; drawn for the global batch, like the latents."""
+    if not augmentations:
+      return x
     draws = d_augment.draw(key, global_batch, config.model.resolution, augmentations)
     return d_augment.apply(x, jax.tree.map(local_slice, draws))
 
@@ -174,8 +176,7 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
     z = local_normal(k_z)
     z_hat = encode(state.e_params, state.e_batch_stats, x_e, k_noise)[0]['z_sample']
     x_fake = generate(state.g_params, state.g_spectral, z, update_sn=False)[0]
-    if augmentations:
-      x_d, x_fake = augment_for_d(x_d, k_real), augment_for_d(x_fake, k_fake)
+    x_d, x_fake = augment_for_d(x_d, k_real), augment_for_d(x_fake, k_fake)
     x_pair, z_pair = jnp.concatenate([x_d, x_fake]), jnp.concatenate([z_hat, z])
 
     def loss(params):
@@ -196,8 +197,7 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
   def eg_update(state, x_e, x_d, key):
     k_z, k_noise, k_real, k_fake = split_key(key)
     z = local_normal(k_z)
-    if augmentations:
-      x_d = augment_for_d(x_d, k_real)
+    x_d = augment_for_d(x_d, k_real)
     d_vars = {'params': state.d_params, 'spectral': state.d_spectral}
     # Nothing upstream of the real images is trained, so F(x_d) stays out of the backward pass.
     f_real = d.apply(d_vars, x_d, train=False, method='features')
@@ -205,8 +205,7 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
     def loss(eg_params):
       enc, e_batch_stats = encode(eg_params['encoder'], state.e_batch_stats, x_e, k_noise)
       x_fake, g_spectral = generate(eg_params['generator'], state.g_spectral, z, update_sn=True)
-      if augmentations:
-        x_fake = augment_for_d(x_fake, k_fake)
+      x_fake = augment_for_d(x_fake, k_fake)
       f_fake = d.apply(d_vars, x_fake, train=False, method='features')
       scores = d.apply(d_vars, jnp.concatenate([f_real, f_fake]),
                        jnp.concatenate([enc['z_sample'], z]), train=False, method='scores')
