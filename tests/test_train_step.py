@@ -118,11 +118,13 @@ def test_four_devices_match_one_device(d_augment):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), metrics_one, metrics_four)
   # E's BatchNorm running statistics moved towards the statistics of the whole global batch.
   assert_trees_differ(one.e_batch_stats, init().e_batch_stats)
-  if d_augment:  # D scored other images than without augmentation; E and its noise the same.
+  if d_augment:  # D scored other images than without augmentation; E saw the same ones.
     plain, metrics_plain = run_step(config(), init(), batch, 4)
     assert_trees_differ(four.d_params, plain.d_params)
     assert metrics_four['real_score_x'] != metrics_plain['real_score_x']
-    assert metrics_four['encoder_stdev'] == metrics_plain['encoder_stdev']
+    # Another program, so equal up to rounding (other fusions), not bit for bit.
+    np.testing.assert_allclose(metrics_four['encoder_stdev'], metrics_plain['encoder_stdev'],
+                               rtol=1e-6)
 
 
 def test_global_batch_statistics_in_generator_batchnorm():
