@@ -2,10 +2,14 @@
 the persistent compilation cache; one tiny trained run shared by every test that needs a finished
 run, and the initial states of the tests' configs from one compiled program each."""
 
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
+import sys
 
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 # Flags that make XLA compile the same programs faster, given unless XLA_FLAGS sets them:
@@ -49,11 +53,27 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+  """In a child before it runs its command: the kernel kills it when `parent` ends (Linux), so a
+  suite killed with SIGTERM, which skips run_together's cleanup, leaves no workers running."""
+  if sys.platform == 'linux':
+    ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True).prctl(PR_SET_PDEATHSIG,
+                                                                     signal.SIGKILL)
+  if os.getppid() != parent:  # It ended before the request was made.
+    os._exit(1)
+
+
 def run_together(commands: list[list[str]], env: dict[str, str], timeout: float
                  ) -> list[tuple[int, str, str]]:
-  """Starts every command at once; (exit code, stdout, stderr) of each, none left running."""
+  """Starts every command at once; (exit code, stdout, stderr) of each, none left running, also
+  when the test process itself is killed."""
+  parent = os.getpid()
   procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for command in commands]
+                            text=True, preexec_fn=lambda: _die_with(parent))
+           for command in commands]
   try:
     outputs = [p.communicate(timeout=timeout) for p in procs]
   finally:

@@ -11,14 +11,17 @@ two processes with host-local in-memory caches, only one of them filled, both lo
 """
 
 import json
-
 import os
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
+import pytest
 from conftest import run_together, tiny_training_config, xla_flags
 
 import multiprocess_worker
@@ -189,3 +192,44 @@ def test_host_local_in_memory_caches_only_one_filled_load_on_both(tmp_path):
   assert results[0] == results[1] == ['20', str(images.sum()), str(labels.sum())]
   assert in_memory.cache_path(config(1), 'train').exists()
   assert filled.stat().mtime == written_at  # Process 0 read the dataset but kept its cache.
+
+
+def _running(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='the parent-death signal is Linux-only')
+def test_workers_end_when_the_test_process_is_killed(tmp_path):
+  """A SIGTERM to the process running run_together (a suite killed mid-test) skips its cleanup;
+  the workers must end anyway instead of training on unattended."""
+  worker = 'import os, sys, time; open(sys.argv[1], "w").write(str(os.getpid())); time.sleep(600)'
+  pid_files = [tmp_path / f'worker_{i}.pid' for i in range(2)]
+  script = textwrap.dedent(f"""
+      import sys
+      from conftest import run_together
+      run_together([[sys.executable, '-c', {worker!r}, path] for path in {list(map(str, pid_files))}],
+                   None, 600)
+  """)
+  runner = subprocess.Popen([sys.executable, '-c', script],
+                            env={**os.environ, 'PYTHONPATH': os.pathsep.join([TESTS, REPO])})
+  pids = []
+  try:
+    deadline = time.monotonic() + 120
+    while not all(p.exists() and p.read_text() for p in pid_files):
+      assert runner.poll() is None and time.monotonic() < deadline, 'the workers did not start'
+      time.sleep(0.2)
+    pids = [int(p.read_text()) for p in pid_files]
+    runner.terminate()
+    assert runner.wait(timeout=60) == -signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    assert not any(map(_running, pids))
+  finally:
+    runner.kill()
+    for pid in filter(_running, pids):
+      os.kill(pid, signal.SIGKILL)
