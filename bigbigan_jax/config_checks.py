@@ -5,7 +5,7 @@ import math
 
 import ml_collections
 
-from bigbigan_jax import d_augment, losses, parallel
+from bigbigan_jax import d_augment, e_lr_schedule, losses, parallel
 from bigbigan_jax.models import bigbigan
 
 EVAL_FEATURES = ('avepool_feat', 'bn_crelu_feat')
@@ -70,6 +70,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     parallel.check_global_batch(config.batch_size, num_devices)
     losses.active_terms(config.loss.use_sx, config.loss.use_sz)
     d_augment.parse(config.loss.d_augment)
+    e_lr_schedule.parse(config.optim.e_lr_schedule)
     if config.loss.reduction not in losses.REDUCTIONS:
       raise ValueError(f'loss.reduction={config.loss.reduction!r} is not supported; '
                        f'use one of {losses.REDUCTIONS}.')

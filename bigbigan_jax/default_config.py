@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.d_lr = 2e-4  # D learning rate (BigGAN); UNCONFIRMED for BigBiGAN.
   c.optim.g_lr = 5e-5  # G learning rate (BigGAN); UNCONFIRMED for BigBiGAN.
   c.optim.e_lr_mult = 1.0  # E learning rate = e_lr_mult * g_lr; 10 for the released models, UNCONFIRMED.
+  # E's multiplier after given steps, 'STEP:MULT,...' ('' = e_lr_mult throughout; not in the
+  # paper). See e_lr_schedule.py.
+  c.optim.e_lr_schedule = ''
   c.optim.b1 = 0.0  # Adam beta1 (BigGAN); UNCONFIRMED for BigBiGAN.
   c.optim.b2 = 0.999  # Adam beta2 (BigGAN); UNCONFIRMED for BigBiGAN.
   c.optim.eps = 1e-6  # Adam epsilon (BigGAN-PyTorch launch script).

@@ -21,8 +21,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bigbigan_jax import (config_checks, data, image_views, parallel, run_dir, run_log,
-                          stop_requests, train_step)
+from bigbigan_jax import (config_checks, data, e_lr_schedule, image_views, parallel, run_dir,
+                          run_log, stop_requests, train_step)
 from bigbigan_jax.evaluation import grids
 from bigbigan_jax.stop_requests import STOP, Agreement, StopRequests
 
@@ -119,8 +119,13 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
   # The config is the run's once a checkpoint trained with it is written.
   checkpoints = run_dir.CheckpointSaver(
       manager, lambda: jax.process_index() == 0 and run_dir.save_config(workdir, config))
-  learning_rates = {'lr_d': config.optim.d_lr, 'lr_g': config.optim.g_lr,
-                    'lr_e': config.optim.g_lr * config.optim.e_lr_mult}
+  o = config.optim
+  e_schedule = e_lr_schedule.parse(o.e_lr_schedule)
+
+  def learning_rates(step):  # Those of update number `step`.
+    e_mult = float(e_lr_schedule.multiplier(o.e_lr_mult, e_schedule, step - 1))
+    return {'lr_d': o.d_lr, 'lr_g': o.g_lr, 'lr_e': o.g_lr * e_mult}
+
   if start == 0:
     writer.write_hparams({k: v for k, v in _flat(config).items()})
   history = []
@@ -140,7 +145,7 @@ def _train(config, workdir: epath.Path, mesh, manager: ocp.CheckpointManager,
         if bad_step is not None:
           bad = ', '.join(f'{k}={v}' for k, v in sorted(means.items())[:3])
           raise checkpoints.diverged(f'{bad} at step {bad_step}')
-        writer.write_scalars(step, {**means, **learning_rates})
+        writer.write_scalars(step, {**means, **learning_rates(step)})
         history = []
       if (step % config.image_every_steps == 0 or last) and not stopping:
         with progress.timed('grids'):

@@ -9,7 +9,8 @@ number of devices.
 Each update trains only its own networks: the D update changes only D's parameters, optimizer
 state and spectral vectors; the E/G update only those of E and G (and E's BatchNorm statistics
 and the EMAs of G and E). The other networks run in training mode (batch statistics) but keep
-their state. With `loss.d_augment`, D scores augmented real and generated images (d_augment.py).
+their state. With `loss.d_augment`, D scores augmented real and generated images (d_augment.py);
+with `optim.e_lr_schedule`, E's rate changes at the given steps (e_lr_schedule.py).
 """
 
 import copy
@@ -23,7 +24,7 @@ import ml_collections
 import optax
 from jax import lax
 
-from bigbigan_jax import d_augment, image_views, losses, parallel
+from bigbigan_jax import d_augment, e_lr_schedule, image_views, losses, parallel
 from bigbigan_jax.models import bigbigan
 
 AXIS = parallel.AXIS
@@ -47,7 +48,8 @@ class TrainState:
 
 
 def make_optimizers(config: ml_collections.ConfigDict):
-  """Adam for D, and Adam for {generator, encoder} with E at e_lr_mult times G's rate."""
+  """Adam for D, and Adam for {generator, encoder} with E at e_lr_mult times G's rate (the step
+  rescales E's update where optim.e_lr_schedule changes it)."""
   o = config.optim
   adam = lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
   eg_labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
@@ -138,6 +140,7 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
   global_batch, local_batch = config.batch_size, config.batch_size // num_devices
   z_dim, o = config.model.z_dim, config.optim
   augmentations = d_augment.parse(config.loss.d_augment)
+  e_schedule = e_lr_schedule.parse(o.e_lr_schedule)
 
   def local_slice(draw):
     return lax.dynamic_slice_in_dim(draw, lax.axis_index(AXIS) * local_batch, local_batch)
@@ -222,6 +225,9 @@ def make_step_functions(config: ml_collections.ConfigDict, num_devices: int) -> 
     grads, (e_batch_stats, g_spectral, metrics) = jax.grad(loss, has_aux=True)(eg_params)
     grads = lax.pmean(grads, AXIS)
     updates, eg_opt_state = eg_tx.update(grads, state.eg_opt_state, eg_params)
+    if e_schedule:
+      ratio = e_lr_schedule.multiplier(o.e_lr_mult, e_schedule, state.step) / o.e_lr_mult
+      updates = {**updates, 'encoder': jax.tree.map(lambda u: u * ratio, updates['encoder'])}
     eg_params = optax.apply_updates(eg_params, updates)
     step = state.step + 1
     g_ema = _ema(state.g_ema_params, eg_params['generator'], o.ema_decay, step > o.ema_start)

@@ -14,7 +14,7 @@ from bigbigan_jax.models import bigbigan
 GLOBAL_BATCH = 16
 
 
-def config(d_augment=''):
+def config(d_augment='', e_lr_schedule=''):
   """The tests' one step config, so that the suite compiles its step once (twice with D's
   input augmentation).
 
@@ -25,7 +25,7 @@ def config(d_augment=''):
   """
   return default_config.tiny_config(batch_size=GLOBAL_BATCH, optim__d_steps=1,
                                     optim__ortho_reg=1e-4, optim__eps=1e-3,
-                                    loss__d_augment=d_augment)
+                                    loss__d_augment=d_augment, optim__e_lr_schedule=e_lr_schedule)
 
 
 def fake_batch(c, seed=0, updates=2):
@@ -125,6 +125,33 @@ def test_four_devices_match_one_device(d_augment):
     # Another program, so equal up to rounding (other fusions), not bit for bit.
     np.testing.assert_allclose(metrics_four['encoder_stdev'], metrics_plain['encoder_stdev'],
                                rtol=1e-6)
+
+
+def test_e_lr_schedule_scales_only_the_encoder_update_from_its_step():
+  """Adam's update is proportional to its rate (b1 = 0 here, so the update of one step is
+  lr * g / (sqrt(v) + eps)): from the schedule's step on, E's update is MULT / e_lr_mult times
+  the plain step's, as a run resumed there with e_lr_mult = MULT trains; before it, and for D
+  and G throughout, the step is the plain one. A large rate keeps the updates far above the
+  rounding of the parameters they are added to."""
+  plain, scheduled = config(), config(e_lr_schedule='5:0.25,9:3')
+  for c in (plain, scheduled):
+    c.optim.g_lr = 0.05
+  assert plain.optim.e_lr_mult == 1.0 and plain.optim.b1 == 0.0  # The tiny config's.
+  batch = fake_batch(plain)
+  start = jax.device_get(initial_state(plain))
+  at = lambda step: initial_state(plain).replace(step=jnp.asarray(step, jnp.int32))
+  e_update = lambda state: jax.tree.map(lambda new, old: new - old, state.e_params,
+                                        start.e_params)
+  # Updates are ~1e-2 (bias updates held back by eps ~1e-3); adding one to a parameter rounds
+  # it by up to 6e-8, so an update read back as new - old is that far off.
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for step, mult in [(4, 1.0), (5, 0.25), (9, 3.0)]:
+    reference, _ = run_step(plain, at(step), batch, 1)
+    new, _ = run_step(scheduled, at(step), batch, 1)
+    jax.tree.map(lambda a, b: close(a, mult * b), e_update(new), e_update(reference))
+    assert_trees_differ(new.e_params, start.e_params)
+    for field in ('g_params', 'd_params', 'e_batch_stats', 'eg_opt_state', 'd_opt_state'):
+      jax.tree.map(close, getattr(new, field), getattr(reference, field))
 
 
 def test_global_batch_statistics_in_generator_batchnorm():
