@@ -2,12 +2,9 @@
 the persistent compilation cache; one tiny trained run shared by every test that needs a finished
 run, and the initial states of the tests' configs from one compiled program each."""
 
-import ctypes
-import ctypes.util
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -53,27 +50,27 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with(parent: int) -> None:
-  """In a child before it runs its command: the kernel kills it when `parent` ends (Linux), so a
-  suite killed with SIGTERM, which skips run_together's cleanup, leaves no workers running."""
-  if sys.platform == 'linux':
-    ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True).prctl(PR_SET_PDEATHSIG,
-                                                                     signal.SIGKILL)
-  if os.getppid() != parent:  # It ended before the request was made.
-    os._exit(1)
+# Runs argv[2:] in this process once the kernel is set to kill it when process argv[1] (the test
+# process) ends, so that a suite killed with SIGTERM, which skips run_together's cleanup, leaves
+# no workers running. In the child rather than a preexec_fn: forking a multithreaded process to
+# run Python there can deadlock (and JAX warns).
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):  # It ended before the request was made.
+  sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def run_together(commands: list[list[str]], env: dict[str, str], timeout: float
                  ) -> list[tuple[int, str, str]]:
   """Starts every command at once; (exit code, stdout, stderr) of each, none left running, also
   when the test process itself is killed."""
-  parent = os.getpid()
+  if sys.platform == 'linux':
+    commands = [[sys.executable, '-c', _DIE_WITH_PARENT, str(os.getpid()), *c] for c in commands]
   procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: _die_with(parent))
-           for command in commands]
+                            text=True) for command in commands]
   try:
     outputs = [p.communicate(timeout=timeout) for p in procs]
   finally:
