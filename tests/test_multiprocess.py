@@ -8,6 +8,7 @@ checkpoint read fails on one process, resumes both to the end with identical sta
 evaluation, each example's features written once in all and the same metrics on both; steps
 fed the same global batches then match one process with four devices. Apart from that run,
 two processes with host-local in-memory caches, only one of them filled, both load the data.
+The processes a test starts end with it, also when it is killed.
 """
 
 import json
