@@ -15,8 +15,8 @@ GLOBAL_BATCH = 16
 
 
 def config(d_augment='', e_lr_schedule=''):
-  """The tests' one step config, so that the suite compiles its step once (twice with D's
-  input augmentation).
+  """The tests' one step config, so that the suite compiles its step once (once more with D's
+  input augmentation; the E-schedule test compiles its own two at a larger rate).
 
   Conv biases in front of BatchNorm have a true gradient of 0, so their computed gradient is
   rounding noise, which Adam's first step (b1 = 0) would turn into full +-lr steps. A larger eps
